@@ -1,0 +1,5 @@
+import sys
+
+from rnnc.cli import main
+
+sys.exit(main())

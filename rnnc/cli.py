@@ -1,0 +1,228 @@
+"""The `rnnc` command: parses flags, calls the library API, prints tables, sets the exit code.
+
+This is the one place that prints, reads the environment and exits. Exit codes (SPEC section 2):
+0 all went well; 1 a check failed; 2 bad input; 3 nothing could run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rnnc.errors import UserError
+from rnnc.progress import Progress
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (exit 2) instead of usage and a message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        return args.handler(args)
+    except UserError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="rnnc", description="Compile, verify and benchmark recurrent networks.")
+    from rnnc import __version__
+
+    parser.add_argument("--version", action="version", version=f"rnnc {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("summary", help="layer table with output shapes and parameter counts")
+    p.add_argument("spec")
+    p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
+    p.set_defaults(handler=_summary)
+
+    p = sub.add_parser("compile", help="build, lower, verify and write DIR")
+    p.add_argument("spec", help="a YAML spec, an ONNX model or a TorchScript file")
+    _target(p)
+    p.add_argument("--backends", default="all", help="comma list of backends, or all (default)")
+    p.add_argument("--out", help="output directory (default build/<name>-<target>/)")
+    p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
+    p.add_argument("--tune", type=float, metavar="SECONDS", default=0.0,
+                   help="time budget for tuning the TVM kernels (cached on disk)")
+    p.set_defaults(handler=_compile)
+
+    p = sub.add_parser("verify", help="equivalence of every backend against a float64 reference")
+    p.add_argument("spec", help="a YAML spec, a model file, or a compiled DIR")
+    _target(p, required=False)
+    p.add_argument("--backends", default=None, help="comma list of backends, or all (default)")
+    p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
+    p.set_defaults(handler=_verify)
+
+    p = sub.add_parser("bench", help="throughput per sequence length and batch size")
+    p.add_argument("spec", help="a YAML spec, a model file, a compiled DIR, or a folder of specs")
+    _target(p, required=False)
+    p.add_argument("--seq-lens", type=_int_list("--seq-lens"))
+    p.add_argument("--batch-sizes", type=_int_list("--batch-sizes"))
+    p.add_argument("--backends", default="all")
+    p.add_argument("--out", help="report directory")
+    p.add_argument("--resume", action="store_true", help="run only the rows missing from --out's report")
+    p.add_argument("--check", action="store_true", help="verify every backend's output in the same run")
+    p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("report", help="render Markdown and HTML with plots from a report")
+    p.add_argument("report")
+    p.add_argument("--baseline")
+    p.add_argument("--out", help="where to write (default: beside the report)")
+    p.set_defaults(handler=_report)
+
+    p = sub.add_parser("gate", help="fail when a row got slower than its baseline")
+    p.add_argument("report")
+    p.add_argument("--baseline", required=True)
+    p.add_argument("--max-regression", default="10%", type=_percent)
+    p.add_argument("--normalize", action="store_true", help="compare calibration-normalised times")
+    p.set_defaults(handler=_gate)
+
+    p = sub.add_parser("run", help="run one backend of DIR on your own inputs")
+    p.add_argument("dir")
+    p.add_argument("--backend", required=True)
+    p.add_argument("--inputs", required=True, help=".npz keyed by the model's input names")
+    p.add_argument("--out", help="output .npz (default: beside the inputs)")
+    p.set_defaults(handler=_run)
+    return parser
+
+
+def _target(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--target", choices=["cpu", "cuda"], required=required, default=None if required else None)
+
+
+def _int_list(flag: str) -> Any:
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"{flag}: expected a comma list of integers, got {text!r}") from None
+        if not values or any(v < 1 for v in values):
+            raise UserError(f"{flag}: every value must be >= 1, got {text!r}")
+        return values
+
+    return parse
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") or float(text.rstrip("%")) > 1 else 1)
+    except ValueError:
+        raise UserError(f"--max-regression: expected a percentage such as 10%, got {text!r}") from None
+    if value <= 0:
+        raise UserError(f"--max-regression: must be > 0, got {text!r}")
+    return value
+
+
+def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
+    if not getattr(args, "shapes", None):
+        return None
+    from rnnc.graphs.from_onnx import parse_shapes
+
+    return parse_shapes(args.shapes)
+
+
+def _progress() -> Progress:
+    return Progress(sys.stderr)
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from rnnc.graphs import load_model
+    from rnnc.graphs.summary import render, summarize
+
+    model = load_model(args.spec, _shapes(args))
+    print(render(model, summarize(model)))
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from rnnc import api, targets
+    from rnnc.compiler.pipeline import exit_code
+
+    backends = targets.parse_backends(args.backends)
+    if args.tune < 0:
+        raise UserError(f"--tune: must be >= 0 seconds, got {args.tune}")
+    manifest, out_dir = api.compile(args.spec, args.target, backends, args.out, _shapes(args),
+                                    {"tune_s": args.tune}, _progress())
+    print(_table(manifest))
+    print(f"wrote {out_dir}/manifest.json")
+    return exit_code(manifest)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from rnnc import api, targets
+    from rnnc.compiler.pipeline import exit_code
+
+    backends = targets.parse_backends(args.backends) if args.backends else None
+    manifest = api.verify(args.spec, args.target, backends, _shapes(args), _progress())
+    print(_table(manifest))
+    return exit_code(manifest)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rnnc import targets
+    from rnnc.bench import run_bench
+
+    backends = targets.parse_backends(args.backends)
+    report = run_bench(args.spec, args.target or "cpu", backends, args.seq_lens, args.batch_sizes,
+                       Path(args.out) if args.out else None, args.resume, args.check, _progress())
+    return int(report.get("exit_code", 0))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rnnc.reports import render
+
+    written = render(Path(args.report), Path(args.baseline) if args.baseline else None,
+                     Path(args.out) if args.out else None)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from rnnc.reports import gate
+
+    code, table = gate(Path(args.report), Path(args.baseline), args.max_regression, args.normalize)
+    print(table)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rnnc import api, targets
+
+    targets.backend(args.backend)  # an unknown name is a one-line error before any work
+    out = api.run(args.dir, args.backend, args.inputs, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _table(manifest: dict[str, Any]) -> str:
+    """The result table of compile and verify: one row per backend, worst errors over all shapes."""
+    rows = [("backend", "status", "max_abs_err", "rel_err", "tolerance", "shapes", "build_s", "reason")]
+    for name, b in manifest["backends"].items():
+        v = b.get("verification") or {}
+        fmt = lambda x: "-" if x is None else f"{x:.2e}"  # noqa: E731
+        rows.append((name, b["status"], fmt(v.get("max_abs_err")), fmt(v.get("rel_err")),
+                     fmt(v.get("tolerance")), str(len(b.get("shapes") or [])),
+                     f"{b['build_time_s']:.2f}" if "build_time_s" in b else "-", b.get("reason") or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return f"{manifest['name']} on {manifest['target']}\n" + "\n".join(line.rstrip() for line in lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Stage 1: what the user brought (a YAML spec, an ONNX file, a TorchScript file) -> a `Model`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rnnc.errors import UserError
+from rnnc.graphs.model import Arrays, Model, TensorInfo
+from rnnc.graphs.spec import ModelSpec, load_spec, parse_spec
+
+__all__ = ["Arrays", "Model", "ModelSpec", "TensorInfo", "load_model", "load_spec", "model_from_source"]
+
+
+def load_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = None) -> Model:
+    """A spec (.yaml/.yml), an ONNX model (.onnx) or a TorchScript file (anything else torch loads).
+
+    `shapes` gives concrete sizes for inputs whose shapes are symbolic in an imported model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a spec (.yaml), an ONNX or a TorchScript file")
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        from rnnc.graphs.from_spec import model_from_spec
+
+        return model_from_spec(load_spec(path))
+    if suffix == ".onnx":
+        from rnnc.graphs.from_onnx import model_from_onnx
+
+        return model_from_onnx(path, shapes)
+    from rnnc.graphs.from_torchscript import model_from_torchscript
+
+    return model_from_torchscript(path, shapes)
+
+
+def model_from_source(source: dict[str, Any], directory: Path) -> Model:
+    """Rebuild a compiled model from the `source` record of its manifest (never from artifacts)."""
+    kind = source.get("kind")
+    if kind == "spec":
+        from rnnc.graphs.from_spec import model_from_spec
+
+        return model_from_spec(parse_spec(source["spec"], "manifest spec"))
+    if kind == "onnx":
+        from rnnc.graphs.from_onnx import model_from_onnx
+
+        return model_from_onnx(directory / source["file"], source.get("shapes"))
+    if kind == "torchscript":
+        from rnnc.graphs.from_torchscript import model_from_torchscript
+
+        return model_from_torchscript(directory / source["file"], source.get("shapes"))
+    raise UserError(f"{directory}/manifest.json: unknown source kind {kind!r}")

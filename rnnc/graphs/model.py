@@ -1,0 +1,67 @@
+"""`Model`: what every later stage works from, whatever the user brought (spec, ONNX, TorchScript).
+
+The float32 ONNX graph is the one intermediate form every lowering starts from; the float64
+reference is the oracle that `verify` trusts, built from the source (spec and seed, or the user's
+file), never from an artifact under test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import numpy as np
+import onnx
+
+Dim = Union[int, str]  # a fixed size, or a symbolic axis such as "batch" or "seq"
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A named model input or output. `high` bounds integer inputs (token ids are < high)."""
+
+    name: str
+    dtype: str  # numpy dtype name: "int64", "float32"
+    dims: tuple[Dim, ...]
+    high: int | None = None
+
+    def shape(self, batch: int, seq: int) -> tuple[int, ...]:
+        """Concrete shape for a batch size and sequence length (symbolic axes by name)."""
+        sizes = {"batch": batch, "seq": seq}
+        return tuple(d if isinstance(d, int) else sizes[d] for d in self.dims)
+
+
+@dataclass
+class Model:
+    """A model ready to lower. `reference64` maps named inputs to named float64 outputs."""
+
+    name: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    onnx: onnx.ModelProto
+    reference64: Callable[[Arrays], Arrays]
+    shapes: list[tuple[int, int]]  # the (batch, seq) pairs to build, verify and bench
+    source: dict[str, Any]  # how to rebuild the model and its reference (kept in the manifest)
+    torch_module: Any = None  # float32 torch.nn.Module when there is an eager one
+    spec: Any = None  # the ModelSpec when the model came from a YAML spec
+    dtype: str = "float32"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def random_inputs(self, batch: int, seq: int, rng: np.random.Generator) -> Arrays:
+        """Fresh inputs: token ids uniform over the vocabulary, features standard normal."""
+        arrays = {}
+        for t in self.inputs:
+            shape = t.shape(batch, seq)
+            if np.dtype(t.dtype).kind in "iu":
+                arrays[t.name] = rng.integers(0, t.high or 2, size=shape, dtype=t.dtype)
+            else:
+                arrays[t.name] = rng.standard_normal(shape).astype(t.dtype)
+        return arrays
