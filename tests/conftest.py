@@ -1,0 +1,45 @@
+"""Shared test helpers: small specs written to files, and the CLI run in-process."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rnnc.cli import main
+
+
+def make_spec(**overrides: Any) -> dict[str, Any]:
+    """A small valid spec; nested keys given as `rnn={...}` replace whole sections."""
+    spec = {
+        "name": "t",
+        "input": {"type": "features", "features": 5},
+        "rnn": {"cell": "lstm", "hidden_size": 8},
+        "output": {"mode": "many_to_many"},
+        "shapes": {"batch_sizes": [2], "seq_lens": [3]},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    def write(data: Any, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `rnnc ARGS` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
