@@ -102,3 +102,15 @@ def test_load_names_what_is_missing(compiled, tmp_path) -> None:
         rnnc.load(tmp_path)
     with pytest.raises(UserError, match="unknown backend"):
         rnnc.load(compiled, backend="tensorrt")
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float16", 1e-2), ("bfloat16", 4e-2)])
+def test_half_precision_runs_where_supported_and_says_why_not_elsewhere(dtype, tolerance, write_spec, tmp_path):
+    spec = make_spec(dtype=dtype, rnn={"cell": "gru", "hidden_size": 8, "bidirectional": True})
+    manifest, _ = api.compile(write_spec(spec), "cpu", CPU, tmp_path / "out")
+    for name in ("torch", "torchscript"):
+        v = manifest["backends"][name]["verification"]
+        assert v["passed"] and v["tolerance"] == tolerance
+        assert 1e-6 < v["rel_err"] <= tolerance  # truly computed in half precision, not float32
+    ort = manifest["backends"]["onnxruntime"]
+    assert ort["status"] == "skipped" and f"not {dtype}" in ort["reason"]

@@ -7,16 +7,19 @@ import torch
 from rnnc.compiler.onnx_export import export_onnx
 from rnnc.graphs.model import Arrays, Model, TensorInfo
 from rnnc.graphs.spec import ModelSpec
-from rnnc.graphs.torch_model import build_torch_model
+from rnnc.graphs.torch_model import TORCH_DTYPES, build_torch_model
 
 
 def model_from_spec(spec: ModelSpec) -> Model:
     """Everything later stages need, rebuilt from the spec alone (the seed fixes the weights)."""
     module = build_torch_model(spec)
+    onnx_model = export_onnx(module, spec)  # the float32 IR, whatever the spec's dtype
+    module = module.to(TORCH_DTYPES[spec.dtype])
     if spec.input.type == "tokens":
         inp = TensorInfo("tokens", "int64", ("batch", "seq"), high=spec.input.vocab_size)
-    else:
-        inp = TensorInfo("features", "float32", ("batch", "seq", spec.input.features))
+    else:  # numpy has no bfloat16: such features come as float32 and are cast by the backend
+        feature_dtype = "float16" if spec.dtype == "float16" else "float32"
+        inp = TensorInfo("features", feature_dtype, ("batch", "seq", spec.input.features))
     width = spec.output.dense.units if spec.output.dense else spec.rnn.hidden_size * spec.rnn.directions
     dims = ("batch", "seq", width) if spec.output.mode == "many_to_many" else ("batch", width)
     twin = build_torch_model(spec).double()  # same seed, same weights, float64
@@ -33,7 +36,7 @@ def model_from_spec(spec: ModelSpec) -> Model:
         name=spec.name,
         inputs=[inp],
         outputs=[TensorInfo("output", "float32", dims)],
-        onnx=export_onnx(module, spec),
+        onnx=onnx_model,
         reference64=reference64,
         shapes=shapes,
         source={"kind": "spec", "spec": spec.normalised()},

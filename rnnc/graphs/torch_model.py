@@ -12,6 +12,7 @@ from torch import nn
 from rnnc.graphs.spec import ModelSpec
 
 _CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class RNNModel(nn.Module):
@@ -109,7 +110,7 @@ def _init_weights(model: RNNModel, spec: ModelSpec) -> None:
 
 
 def build_torch_model(spec: ModelSpec) -> RNNModel:
-    """The float32 reference module, in eval mode."""
+    """The reference module in float32 (cast it to `spec.dtype` to run it), in eval mode."""
     return RNNModel(spec).eval()
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rnnc.graphs.model import Model
-from rnnc.targets.base import Arrays, Runner
+from rnnc.targets.base import Arrays, Runner, Unsupported
 
 ARTIFACT = "model.onnx"
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -25,6 +25,8 @@ def available(target: str) -> str | None:
 
 def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
     """model.onnx is written by the compiler for every backend; ORT needs nothing more."""
+    if model.dtype != "float32":
+        raise Unsupported(f"ONNX Runtime's LSTM, GRU and RNN kernels take float32 only, not {model.dtype}")
     if not (out_dir / ARTIFACT).is_file():
         raise FileNotFoundError(out_dir / ARTIFACT)
     return [ARTIFACT]

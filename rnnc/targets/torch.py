@@ -28,12 +28,13 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
 
 def load(out_dir: Path, manifest: dict[str, Any], target: str) -> Runner:
     from rnnc.graphs.spec import parse_spec
-    from rnnc.graphs.torch_model import build_torch_model
+    from rnnc.graphs.torch_model import TORCH_DTYPES, build_torch_model
 
     source = manifest["source"]
     if source.get("kind") != "spec":
         raise Unsupported("no eager PyTorch module: the model came as a file, not as a spec")
-    module = build_torch_model(parse_spec(source["spec"], "manifest spec"))
+    spec = parse_spec(source["spec"], "manifest spec")
+    module = build_torch_model(spec).to(TORCH_DTYPES[spec.dtype])
     module.load_state_dict(torch.load(out_dir / ARTIFACT, map_location="cpu", weights_only=True))
     return ModuleRunner(module, manifest, target)
 
@@ -47,9 +48,11 @@ class ModuleRunner(Runner):
                          [t["dtype"] for t in io["inputs"]])
         self.device = torch.device("cuda" if target == "cuda" else "cpu")
         self.module = module.to(self.device).eval()
+        self.float_dtype = getattr(torch, manifest.get("dtype", "float32"))
 
     def _tensors(self, arrays: Arrays) -> list[torch.Tensor]:
-        return [torch.from_numpy(arrays[n]).to(self.device) for n in self.input_names]
+        tensors = [torch.from_numpy(arrays[n]).to(self.device) for n in self.input_names]
+        return [t.to(self.float_dtype) if t.is_floating_point() else t for t in tensors]
 
     def _forward(self, tensors: list[torch.Tensor]) -> Any:
         with torch.inference_mode():
