@@ -42,12 +42,12 @@ def model_from_source(source: dict[str, Any], directory: Path) -> Model:
         from rnnc.graphs.from_spec import model_from_spec
 
         return model_from_spec(parse_spec(source["spec"], "manifest spec"))
-    if kind == "onnx":
-        from rnnc.graphs.from_onnx import model_from_onnx
-
-        return model_from_onnx(directory / source["file"], source.get("shapes"))
-    if kind == "torchscript":
-        from rnnc.graphs.from_torchscript import model_from_torchscript
-
-        return model_from_torchscript(directory / source["file"], source.get("shapes"))
+    if kind in ("onnx", "torchscript"):
+        if kind == "onnx":
+            from rnnc.graphs.from_onnx import model_from_onnx as rebuild
+        else:
+            from rnnc.graphs.from_torchscript import model_from_torchscript as rebuild
+        model = rebuild(directory / source["file"], source.get("shapes"))
+        model.name = source.get("name", model.name)  # the copy is named source.*, the model is not
+        return model
     raise UserError(f"{directory}/manifest.json: unknown source kind {kind!r}")

@@ -62,10 +62,16 @@ class ModuleRunner(Runner):
         return out
 
     def _run(self, arrays: Arrays) -> Arrays:
-        out = self._forward(self._tensors(arrays))
-        outs = out if isinstance(out, (tuple, list)) else [out]
+        outs = _flatten(self._forward(self._tensors(arrays)))
         return {n: np.asarray(o.detach().float().cpu().numpy()) for n, o in zip(self.output_names, outs)}
 
     def bind(self, **arrays: np.ndarray) -> Callable[[], object]:
         tensors = self._tensors(self.check_inputs(arrays))
         return lambda: self._forward(tensors)
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    """A module's outputs in order, nested tuples such as (y, (h, c)) flattened as ONNX numbers them."""
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _flatten(item)]
+    return [out]
