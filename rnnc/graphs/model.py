@@ -7,10 +7,12 @@ file), never from an artifact under test.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
-import onnx
+
+if TYPE_CHECKING:
+    import onnx
 
 Dim = Union[int, str]  # a fixed size, or a symbolic axis such as "batch" or "seq"
 Arrays = dict[str, np.ndarray]

@@ -1,0 +1,216 @@
+"""The shapes of an imported model's inputs and outputs, and which input axes are batch and sequence.
+
+Which input axis is the batch and which the sequence is read off the recurrent node's `X` (axis 1
+and 0 for `layout=0`, 0 and 1 for `layout=1`): each symbolic input dim is followed through ONNX
+shape inference to `X`. Those two axes stay symbolic in every artifact; any other symbolic dim is
+fixed by `--shapes`. A model with a symbolic dim needs `--shapes` to know what to build and verify.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto
+
+from rnnc.errors import UserError
+from rnnc.graphs.model import TensorInfo
+
+RECURRENT = ("LSTM", "GRU", "RNN")
+DTYPES = {TensorProto.FLOAT: "float32", TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
+
+
+@dataclass
+class InputShapes:
+    """What `shape_inputs` finds out about a checked graph's inputs."""
+
+    inputs: dict[str, tuple[str, tuple]]  # name -> (dtype, dims with "batch"/"seq" or sizes)
+    renames: dict[str, str]  # symbolic dim of the file -> "batch" / "seq"
+    batch_seq: tuple[int, int]  # the sizes to build and verify at
+    high: dict[str, int]  # token-id input -> ids stay below this (its embedding table's rows)
+    lengths: list[str]  # `sequence_lens` inputs
+
+
+def shape_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> InputShapes:
+    """Every input's dtype and dims, batch and sequence axes by role and the others by size, with
+    `shapes` (from --shapes) checked against the model: every problem in one `UserError`."""
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+    unknown = sorted(set(shapes) - {v.name for v in inputs})
+    if unknown:
+        raise UserError(f"--shapes: no input named {', '.join(map(repr, unknown))}; the model's inputs are "
+                        f"{', '.join(repr(v.name) for v in inputs)}")
+    tagged, declared = _tag_inputs(proto, initializers)
+    roles, static = _batch_seq_axes(tagged)
+    _same_axis_roles(roles, declared, shapes)
+    sizes = _given_sizes(declared, roles, shapes)
+    result = _input_dims(inputs, declared, roles, sizes, shapes)
+    batch = sizes.get("batch", static.get("batch"))
+    seq = sizes.get("seq", static.get("seq"))
+    renames = {sym: role for sym, role in roles.items() if not sym.startswith("rnnc.")}
+    return InputShapes(result, renames, (int(batch or 1), int(seq or 1)), _token_bounds(proto, result),
+                       _length_inputs(proto, result))
+
+
+def _tag_inputs(proto: onnx.ModelProto, initializers: set[str]
+                ) -> tuple[onnx.ModelProto, dict[str, list | None]]:
+    """A copy of `proto` whose unnamed symbolic input dims are named `rnnc.<input>.<axis>`, so that
+    shape inference carries them to X, and each input's dims (None where it declares no shape)."""
+    tagged = onnx.ModelProto()
+    tagged.CopyFrom(proto)
+    declared: dict[str, list | None] = {}
+    for k, v in enumerate(i for i in tagged.graph.input if i.name not in initializers):
+        if not v.type.tensor_type.HasField("shape"):
+            declared[v.name] = None
+            continue
+        dims = []
+        for axis, d in enumerate(v.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value") and not d.dim_param:
+                d.dim_param = f"rnnc.{k}.{axis}"  # unnamed: tag it, to follow it to X
+            dims.append(d.dim_value if d.HasField("dim_value") else d.dim_param)
+        declared[v.name] = dims
+    return tagged, declared
+
+
+def _given_sizes(declared: dict[str, list | None], roles: dict[str, str],
+                 shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Symbol or role ("batch", "seq") -> the size --shapes gives it, which must agree with the
+    model's static dims and with itself wherever the same symbol or role recurs."""
+    problems, sizes = [], {}
+    for name, dims in declared.items():
+        given = shapes.get(name)
+        if given is None:
+            continue
+        if dims is not None and len(dims) != len(given):
+            problems.append(f"--shapes {name}: {len(given)} sizes for an input of rank {len(dims)}")
+            continue
+        for axis, (d, g) in enumerate(zip(dims or [None] * len(given), given)):
+            if isinstance(d, int) and d != g:
+                problems.append(f"--shapes {name}: axis {axis} is {d} in the model, not {g}")
+            key = roles.get(d, d) if isinstance(d, str) else None
+            if key is not None and sizes.setdefault(key, g) != g:
+                problems.append(f"--shapes {name}: axis {axis} ({key}) is {sizes[key]} elsewhere, not {g}")
+    if problems:
+        raise UserError(*problems)
+    return sizes
+
+
+def _input_dims(inputs: list[onnx.ValueInfoProto], declared: dict[str, list | None],
+                roles: dict[str, str], sizes: dict[str, int],
+                shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, tuple]]:
+    """Input name -> (dtype, dims): "batch" / "seq" where the axis has that role, else a size; an
+    input with a dim nothing sizes must be given in --shapes."""
+    problems = []
+    result: dict[str, tuple[str, tuple]] = {}
+    for v in inputs:
+        dims = declared[v.name]
+        if dims is None and v.name not in shapes:
+            problems.append(f"input {v.name!r} has no shape in the model; give it, "
+                            f"e.g. --shapes {v.name}:1x16")
+            continue
+        out, needs = [], False
+        for d in (dims if dims is not None else shapes[v.name]):
+            if isinstance(d, int):
+                out.append(d)
+            elif d in roles:
+                out.append(roles[d])
+                needs = needs or roles[d] not in sizes
+            else:
+                out.append(sizes.get(d))
+                needs = needs or d not in sizes
+        if needs and v.name not in shapes:
+            guess = {"batch": 1, "seq": 16}
+            example = "x".join(str(sizes.get(d, guess.get(d, 8))) if isinstance(d, str) or d is None
+                               else str(d) for d in out)
+            shown = ", ".join("?" if d is None else str(d) for d in out)
+            problems.append(f"input {v.name!r} has a symbolic dim ([{shown}]); "
+                            f"give --shapes {v.name}:{example}")
+            continue
+        result[v.name] = (DTYPES[v.type.tensor_type.elem_type], tuple(out))
+    if problems:
+        raise UserError(*problems)
+    return result
+
+
+def _same_axis_roles(roles: dict[str, str], declared: dict[str, list | None],
+                     shapes: dict[str, tuple[int, ...]]) -> None:
+    """Symbols shape inference could not tie to X (an exporter names each input's dims apart, and a
+    Concat of two inputs keeps the first one's): a symbolic dim at the axis where another input has
+    its batch (or sequence) axis, given the same size by --shapes, is taken to be that axis too."""
+    axis_roles: dict[int, str] = {}
+    role_sizes: dict[str, int] = {}
+    for name, dims in declared.items():
+        for axis, d in enumerate(dims or []):
+            if isinstance(d, str) and d in roles:
+                axis_roles.setdefault(axis, roles[d])
+                if name in shapes and len(shapes[name]) == len(dims):
+                    role_sizes.setdefault(roles[d], shapes[name][axis])
+    for name, dims in declared.items():
+        given = shapes.get(name)
+        if dims is None or given is None or len(given) != len(dims):
+            continue
+        for axis, (d, size) in enumerate(zip(dims, given)):
+            role = axis_roles.get(axis)
+            if isinstance(d, str) and d not in roles and role and role_sizes.get(role) == size:
+                roles[d] = role
+
+
+def _batch_seq_axes(tagged: onnx.ModelProto) -> tuple[dict[str, str], dict[str, int]]:
+    """Symbolic dims that reach a recurrent node's X as its batch or sequence axis, and the sizes of
+    those axes where they are static."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(tagged, data_prop=True)
+    except Exception:  # noqa: BLE001 - no inference means no symbols to follow, not an error
+        inferred = tagged
+    shapes = {v.name: v.type.tensor_type.shape for v in
+              list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    roles: dict[str, str] = {}
+    static: dict[str, int] = {}
+    for node in inferred.graph.node:
+        if node.op_type not in RECURRENT or node.input[0] not in shapes:
+            continue
+        dims = shapes[node.input[0]].dim
+        if len(dims) != 3:
+            continue
+        layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+        for role, axis in (("seq", layout), ("batch", 1 - layout)):
+            d = dims[axis]
+            if d.HasField("dim_value"):
+                static.setdefault(role, d.dim_value)
+            elif d.dim_param and d.dim_param not in roles:
+                roles[d.dim_param] = role
+    return roles, static
+
+
+def _token_bounds(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> dict[str, int]:
+    """Integer inputs that index an embedding table (Gather from an initializer): ids < table rows."""
+    tables = {t.name: t for t in proto.graph.initializer}
+    high = {}
+    for node in proto.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in inputs \
+                and node.input[0] in tables:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            rows = tables[node.input[0]].dims[axis]
+            high[node.input[1]] = min(high.get(node.input[1], rows), rows)
+    return high
+
+
+def _length_inputs(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> list[str]:
+    return sorted({n.input[4] for n in proto.graph.node
+                   if n.op_type in RECURRENT and len(n.input) > 4 and n.input[4] in inputs})
+
+
+def output_infos(proto: onnx.ModelProto) -> list[TensorInfo]:
+    """Output names, types and dims: as declared, else as ONNX shape inference finds them."""
+    try:
+        inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(proto, data_prop=True).graph.output}
+    except Exception:  # noqa: BLE001 - declared shapes are enough
+        inferred = {}
+    outs = []
+    for v in proto.graph.output:
+        t = v.type.tensor_type
+        unnamed = any(not d.HasField("dim_value") and not d.dim_param for d in t.shape.dim)
+        if not t.HasField("shape") or unnamed:
+            t = inferred.get(v.name, v).type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+        outs.append(TensorInfo(v.name, DTYPES.get(t.elem_type, "float32"), dims))
+    return outs
