@@ -76,6 +76,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report directory")
     p.add_argument("--resume", action="store_true", help="run only the rows missing from --out's report")
     p.add_argument("--check", action="store_true", help="verify every backend's output in the same run")
+    p.add_argument("--threads", default="all",
+                   help="threads per runtime: all (every core, the default), N, or default (each runtime's own)")
+    p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("report", help="render Markdown and HTML with plots from a report")
@@ -89,6 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", required=True)
     p.add_argument("--max-regression", default="10%", type=_percent)
     p.add_argument("--normalize", action="store_true", help="compare calibration-normalised times")
+    p.add_argument("--common-mode", action="store_true",
+                   help="judge each backend against the drift its shape's backends share (same machine)")
     p.set_defaults(handler=_gate)
 
     p = sub.add_parser("run", help="run one backend of DIR on your own inputs")
@@ -174,12 +179,19 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from rnnc import targets
-    from rnnc.bench import run_bench
+    from rnnc.bench import results_table, run_bench
+    from rnnc.bench.threads import DEFAULT
 
     backends = targets.parse_backends(args.backends)
+    threads = {"all": DEFAULT, "default": None}.get(args.threads) if args.threads in ("all", "default") \
+        else _int_list("--threads")(args.threads)[0]
     report = run_bench(args.spec, args.target or "cpu", backends, args.seq_lens, args.batch_sizes,
-                       Path(args.out) if args.out else None, args.resume, args.check, _progress())
-    return int(report.get("exit_code", 0))
+                       Path(args.out) if args.out else None, args.resume, args.check, _progress(),
+                       threads=threads, shapes=_shapes(args))
+    print(results_table(report))
+    for path in report.get("written", []):
+        print(f"wrote {path}")
+    return int(report["exit_code"])
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -195,7 +207,8 @@ def _report(args: argparse.Namespace) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from rnnc.reports import gate
 
-    code, table = gate(Path(args.report), Path(args.baseline), args.max_regression, args.normalize)
+    code, table = gate(Path(args.report), Path(args.baseline), args.max_regression, args.normalize,
+                       common_mode=args.common_mode)
     print(table)
     return code
 

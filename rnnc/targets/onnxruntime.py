@@ -32,16 +32,20 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
     return [ARTIFACT]
 
 
-def load(out_dir: Path, manifest: dict[str, Any], target: str) -> Runner:
-    return SessionRunner(out_dir / ARTIFACT, target)
+def load(out_dir: Path, manifest: dict[str, Any], target: str, threads: int | None = None) -> Runner:
+    """A session over model.onnx; `threads` sets its intra-op pool (None: ORT's default)."""
+    return SessionRunner(out_dir / ARTIFACT, target, threads)
 
 
 class SessionRunner(Runner):
-    def __init__(self, path: Path, target: str) -> None:
+    def __init__(self, path: Path, target: str, threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=[_PROVIDER[target]])
         inputs = self.session.get_inputs()
         dtypes = [_NUMPY.get(i.type, "float32") for i in inputs]

@@ -1,0 +1,302 @@
+"""`rnnc bench`: the sweep of models x shapes x backends, its rows, resume and atomic writes.
+
+One model at a time: compile it (or open a compiled DIR), load one runner per backend for the
+whole sweep of shapes, and for each (batch size, sequence length) measure every backend
+interleaved on the same inputs (`measure.measure_interleaved`). After every shape the report is
+rewritten atomically, so an interrupted sweep leaves a valid report and `--resume` completes it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rnnc import host, targets
+from rnnc.bench import measure, stats
+from rnnc.bench import threads as runtime_threads
+from rnnc.bench.progress import SweepProgress
+from rnnc.bench.sources import Source, default_out, fingerprint, open_source, resolve_sources, sweep_shapes
+from rnnc.errors import UserError
+from rnnc.progress import SILENT, Progress
+from rnnc.reports import schema
+
+REPORT = "report.json"
+
+
+def run_bench(
+    source: str | Path,
+    target: str,
+    backends: list[str],
+    seq_lens: list[int] | None,
+    batch_sizes: list[int] | None,
+    out_dir: Path | None,
+    resume: bool,
+    check: bool,
+    progress: Progress = SILENT,
+    *,
+    settings: measure.Settings | None = None,
+    extra_work: dict[str, float] | None = None,
+    seed: int = 0,
+    render: bool = True,
+    threads: int | None = runtime_threads.DEFAULT,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> dict[str, Any]:
+    """Bench a spec, a model file, a compiled DIR or a folder of specs; returns the report with
+    `exit_code` added (0 ok; 1 a backend failed or was wrong under `check`; 3 nothing ran).
+
+    `threads` limits every runtime to that many threads (default: every core; None: each
+    runtime's own default); see `rnnc.bench.threads`. `extra_work` is TEST-ONLY (see `measure.with_extra_work`):
+    {backend: fraction} makes that backend do that fraction more work per call; the report records
+    it on the rows it touched. `shapes` sizes the symbolic inputs of an ONNX or TorchScript file
+    (as `rnnc compile --shapes`).
+    """
+    targets.check_target(target)
+    _check_sizes("--seq-lens", seq_lens)
+    _check_sizes("--batch-sizes", batch_sizes)
+    backends = _check_backends(backends)
+    settings = settings or measure.Settings()
+    sources = resolve_sources(Path(source))
+    out_dir = Path(out_dir) if out_dir is not None else default_out(Path(source), sources, target)
+    with runtime_threads.limited(threads) as in_force:
+        report = _start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force)
+        _sweep_all(report, out_dir / REPORT, sources, target, backends, seq_lens, batch_sizes, settings, check,
+                   resume, extra_work or {}, seed, progress, threads, shapes)
+    written = []
+    if render:
+        from rnnc.reports import render as render_report
+
+        written = render_report(out_dir / REPORT, None, out_dir)
+    return dict(report, exit_code=exit_code(report), report_path=str(out_dir / REPORT),
+                written=[str(out_dir / REPORT)] + [str(p) for p in written])
+
+
+def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source], target: str,
+               backends: list[str], seq_lens: list[int] | None, batch_sizes: list[int] | None,
+               settings: measure.Settings, check: bool, resume: bool, extra_work: dict[str, float], seed: int,
+               progress: Progress, threads: int | None, input_shapes: dict[str, tuple[int, ...]] | None) -> None:
+    out_dir = report_path.parent
+    plans = [(src, sweep_shapes(src.shapes, seq_lens, batch_sizes)) for src in sources]
+    bar = SweepProgress(progress, sum(len(shapes) * len(backends) for _, shapes in plans if shapes is not None))
+    for src, shapes in plans:
+        bar.show(f"{src.path.name}: compiling")
+        model, manifest, model_dir = open_source(src, shapes, target, backends, out_dir, len(sources) > 1,
+                                                 resume, bar.child(), input_shapes)
+        if shapes is None:
+            shapes = sweep_shapes(model.shapes, seq_lens, batch_sizes)
+            bar.grow(len(shapes) * len(backends))
+        _record_model(report, model, manifest, model_dir, src.path, out_dir)
+        _sweep_model(report, report_path, model, manifest, model_dir, target, backends, shapes, settings,
+                     check, extra_work, seed, bar, threads)
+    bar.close()
+    report["finished"] = True
+    schema.write_atomic(report_path, report)
+
+
+def exit_code(report: dict[str, Any]) -> int:
+    """1 when a row failed (a backend crashed, or was wrong under --check); 3 when no row ran."""
+    rows = report["rows"]
+    if any(r["status"] == "failed" for r in rows):
+        return 1
+    if not any(r["status"] == "ok" for r in rows):
+        return 3
+    return 0
+
+
+def _check_sizes(flag: str, values: list[int] | None) -> None:
+    if values is None:
+        return
+    if not values or any(not isinstance(v, (int, np.integer)) or v < 1 for v in values):
+        shown = ",".join(map(str, values)) or "nothing"
+        raise UserError(f"{flag}: every value must be an integer >= 1, got {shown}")
+
+
+def _check_backends(backends: Sequence[str]) -> list[str]:
+    if not backends:
+        raise UserError("--backends: no backend selected")
+    known = targets.names()
+    bad = [b for b in backends if b not in known]
+    if bad:
+        raise UserError(f"--backends: unknown backend {', '.join(map(repr, bad))}: "
+                        f"choose from {', '.join(known)} or all")
+    return list(dict.fromkeys(backends))
+
+
+def _start_report(path: Path, resume: bool, target: str, settings: measure.Settings, check: bool,
+                  extra: dict[str, float] | None, threads: int | None, in_force: dict[str, Any]) -> dict[str, Any]:
+    record = dict(asdict(settings), check=check, threads=threads)
+    if resume and path.exists():
+        report = schema.load(path)
+        if report.get("kind") != "rnnc":
+            raise UserError(f"{path}: --resume needs an rnnc report, not a {report.get('kind')} one")
+        if report["target"] != target:
+            raise UserError(f"{path}: --resume of a {report['target']} report with --target {target}")
+        if report["settings"].get("threads") != threads:
+            was = report["settings"].get("threads")
+            raise UserError(f"{path}: --resume of a report measured with threads={was} with threads={threads}")
+        report["finished"] = False
+        report.setdefault("resumed", []).append(record)
+    else:
+        environment = host.environment()
+        environment["threads"] = in_force
+        report = schema.new_report(target, environment, record)
+        report["calibration"]["workload"] = measure.CALIBRATION
+    if extra:
+        report["test_extra_work"] = dict(extra)
+    return report
+
+
+def _relative(path: Path, start: Path) -> str:
+    """Where a compiled model lies, relative to the report when it is under it."""
+    try:
+        return str(path.resolve().relative_to(start.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _record_model(report: dict[str, Any], model: Any, manifest: dict[str, Any], model_dir: Path,
+                  path: Path, report_dir: Path) -> None:
+    fp = fingerprint(model)
+    previous = report["models"].get(model.name)
+    if previous is not None and previous.get("fingerprint") != fp:
+        raise UserError(f"model {model.name!r} from {path} differs from the one already in the report "
+                        f"(from {previous.get('source')}): use another --out, or rename one of them")
+    build = {}
+    for name, b in manifest["backends"].items():
+        build[name] = {k: b.get(k) for k in ("status", "reason", "build_time_s", "artifact_bytes")}
+        build[name]["rel_err"] = (b.get("verification") or {}).get("rel_err")
+    report["models"][model.name] = {
+        "fingerprint": fp, "source": str(path), "dir": _relative(model_dir, report_dir),
+        "spec": model.source.get("spec"), "io": manifest.get("io"), "backends": build,
+    }
+
+
+def _sweep_model(report: dict[str, Any], report_path: Path, model: Any, manifest: dict[str, Any],
+                 model_dir: Path, target: str, backends: list[str], shapes: list[tuple[int, int]],
+                 settings: measure.Settings, check: bool, extra_work: dict[str, float], seed: int,
+                 bar: SweepProgress, threads: int | None) -> None:
+    have = {schema.row_key(r) for r in report["rows"]}
+    todo = {(b, s): [n for n in backends if (model.name, n, b, s) not in have] for b, s in shapes}
+    bar.skip(sum(len(backends) - len(v) for v in todo.values()))
+    needed = {n for names in todo.values() for n in names}
+    runners, not_run = {}, {}
+    for name in backends:
+        record = manifest["backends"].get(name)
+        if record is None:
+            not_run[name] = ("skipped", f"not compiled into {model_dir}")
+        elif record["status"] != "ok":
+            not_run[name] = (record["status"], record.get("reason") or record["status"])
+        elif name in needed:
+            try:
+                runners[name] = runtime_threads.load(targets.backend(name).load, name, threads, model_dir,
+                                                     manifest, target)
+            except Exception as err:  # noqa: BLE001 - a broken artifact is that backend's failed row
+                not_run[name] = ("failed", f"cannot load: {type(err).__name__}: {err}")
+    calibration = measure.calibration_workload()
+    for (batch, seq), names in todo.items():
+        if not names:
+            continue
+        bar.show(f"{model.name} batch {batch} seq {seq}")
+        started = time.perf_counter()
+        rows = [_not_run_row(model.name, n, batch, seq, *not_run[n]) for n in names if n in not_run]
+        rows += _measure_shape(model, {n: runners[n] for n in names if n in runners}, batch, seq, settings,
+                               check, extra_work, seed, calibration, report)
+        report["rows"] += rows
+        report["rows"].sort(key=_row_order(report))
+        schema.write_atomic(report_path, report)
+        bar.measured(len(names), time.perf_counter() - started)
+    bar.show(f"{model.name} done")
+
+
+def _measure_shape(model: Any, runners: dict[str, Any], batch: int, seq: int, settings: measure.Settings,
+                   check: bool, extra_work: dict[str, float], seed: int, calibration: measure.TimeFunc,
+                   report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for one (batch, seq): every runner checked (under --check) and timed on the same inputs."""
+    if not runners:
+        return []
+    inputs = model.random_inputs(batch, seq, np.random.default_rng([seed, batch, seq]))
+    rows, funcs, checks = [], {}, {}
+    reference = None
+    if check:
+        reference = {k: np.asarray(v, dtype=np.float64) for k, v in model.reference64(inputs).items()}
+    for name, runner in runners.items():
+        try:
+            if reference is not None:
+                checks[name] = _check(runner(**inputs), reference, model.dtype)
+                if not checks[name]["passed"]:
+                    rows.append(dict(_not_run_row(model.name, name, batch, seq, "failed", checks[name]["reason"]),
+                                     check=checks[name]))
+                    continue
+            call = measure.with_extra_work(runner.bind(**inputs), extra_work.get(name, 0.0))
+            call()  # a backend that cannot run this shape fails here, not inside the interleaved rounds
+            funcs[name] = measure.time_calls(call)
+        except Exception as err:  # noqa: BLE001 - one backend's crash is its failed row, not the sweep's
+            rows.append(_not_run_row(model.name, name, batch, seq, "failed", f"{type(err).__name__}: {err}"))
+    if not funcs:
+        return rows
+    results, cal = measure.measure_interleaved(funcs, settings, calibration)
+    _add_calibration(report, cal.samples_ms or cal.preempted_ms)
+    for name, m in results.items():
+        rows.append(_timed_row(model.name, name, batch, seq, m, settings, checks.get(name), extra_work.get(name)))
+    return rows
+
+
+def _check(outputs: dict[str, Any], reference: dict[str, np.ndarray], dtype: str) -> dict[str, Any]:
+    from rnnc.compiler.verify import TOLERANCE, compare
+
+    tolerance = TOLERANCE.get(dtype, TOLERANCE["float32"])
+    errors = compare(outputs, reference)
+    passed = not errors["problems"] and errors["rel_err"] <= tolerance
+    reason = "; ".join(errors["problems"]) or (
+        f"--check: rel_err {errors['rel_err']:.3g} > tolerance {tolerance:g} against the float64 reference")
+    return {"max_abs_err": errors["max_abs_err"], "rel_err": errors["rel_err"], "tolerance": tolerance,
+            "passed": passed, "reason": None if passed else reason}
+
+
+def _timed_row(model: str, backend: str, batch: int, seq: int, m: measure.Measurement,
+               settings: measure.Settings, check: dict[str, Any] | None, extra: float | None) -> dict[str, Any]:
+    samples, warnings = m.samples_ms, []
+    if len(samples) < min(measure.MIN_COUNT_FLOOR, settings.min_count):
+        samples = m.samples_ms + m.preempted_ms
+        warnings.append(f"machine busy: only {len(m.samples_ms)} samples ran without waiting for a CPU, "
+                        f"so the {len(m.preempted_ms)} preempted ones are counted too")
+    elif len(m.preempted_ms) > len(m.samples_ms):
+        warnings.append(f"machine busy: {len(m.preempted_ms)} preempted samples set aside")
+    summary = stats.summarize(samples)
+    if summary["cv"] > settings.cv_warn:
+        warnings.append(f"cv {summary['cv']:.1%} > {settings.cv_warn:.0%}: spread too high to trust")
+    if len(samples) < settings.min_count:
+        warnings.append(f"only {len(samples)} samples: the row ran past {settings.max_row_s:g}s")
+    row = {
+        "model": model, "backend": backend, "batch_size": batch, "seq_len": seq, "status": "ok",
+        "samples_ms": [round(v, 6) for v in samples],
+        "preempted_ms": [round(v, 6) for v in m.preempted_ms],
+        **{k: round(v, 6) for k, v in summary.items()},
+        **{k: round(v, 3) for k, v in stats.throughput(summary["median_ms"], batch, seq).items()},
+        "loops": m.loops, "warmup_calls": len(m.warmup_ms), "first_call_ms": round(m.warmup_ms[0], 6),
+        "warning": "; ".join(warnings) or None, "check": check,
+    }
+    if extra:
+        row["test_extra_work"] = extra
+    return row
+
+
+def _not_run_row(model: str, backend: str, batch: int, seq: int, status: str, reason: str) -> dict[str, Any]:
+    return {"model": model, "backend": backend, "batch_size": batch, "seq_len": seq, "status": status,
+            "reason": reason}
+
+
+def _add_calibration(report: dict[str, Any], samples: list[float]) -> None:
+    cal = report["calibration"]
+    cal["samples_ms"] = cal.get("samples_ms", []) + [round(v, 6) for v in samples]
+    if cal["samples_ms"]:
+        cal.update({k: round(v, 6) for k, v in stats.summarize(cal["samples_ms"]).items()})
+
+
+def _row_order(report: dict[str, Any]):  # noqa: ANN202
+    models = {name: i for i, name in enumerate(report["models"])}
+    order = {name: i for i, name in enumerate(targets.names())}
+    return lambda r: (models.get(r["model"], 99), order.get(r["backend"], 99), r["backend"],
+                      r["batch_size"], r["seq_len"])

@@ -1,0 +1,43 @@
+"""Reports: rendering (Markdown, self-contained HTML, PNG plots) and the CI regression gate.
+
+`render` and `gate` read files and write files; what they say is computed by pure functions in
+`content`, `tables` and `rnnc.bench.stats`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rnnc.reports import content, schema
+from rnnc.reports.gate import compare_reports, gate
+
+__all__ = ["gate", "render"]
+
+
+def render(report_path: Path, baseline_path: Path | None = None, out_dir: Path | None = None) -> list[Path]:
+    """Write report.md, report.html and one PNG per model (beside the report unless `out_dir`);
+    with a baseline, both side by side and every row's change. Returns the paths written."""
+    from rnnc.reports import html, markdown, plots
+
+    report = schema.load(Path(report_path))
+    baseline = schema.load(Path(baseline_path)) if baseline_path is not None else None
+    out_dir = Path(out_dir) if out_dir is not None else Path(report_path).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    changes = None
+    if baseline is not None:
+        changes = {c.key: c for c in compare_reports(baseline, report, 0.10, normalize=False)}
+    images, written = {}, []
+    for model in report["models"]:
+        png = plots.plot_model(report, model, out_dir / f"plot-{_slug(model)}.png", baseline)
+        if png is not None:
+            images[model] = png.name
+            written.append(png)
+    blocks = content.document(report, baseline, images, changes)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(markdown.render(blocks))
+    page.write_text(html.render(blocks, out_dir))
+    return [md, page] + written
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "model"

@@ -1,0 +1,201 @@
+"""What a rendered report says, as a list of blocks that `markdown` and `html` each write out.
+
+Keeping the content in one place means the Markdown and the HTML never disagree.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnc.reports import schema
+
+_ORDER = {"torch": 0, "torchscript": 1, "onnxruntime": 2, "tvm": 3}
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str  # h1 h2 p warn table image
+    text: str = ""
+    header: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    right: tuple[int, ...] = field(default=())
+    image: str = ""  # path relative to the rendered files
+
+
+def document(report: dict[str, Any], baseline: dict[str, Any] | None, images: dict[str, str],
+             changes: dict[schema.RowKey, Any] | None = None) -> list[Block]:
+    """The blocks of a report; `images` maps a model to its plot, `changes` a row key to its
+    `gate.RowChange` against the baseline."""
+    models = list(report["models"])
+    blocks = [Block("h1", f"rnnc bench: {', '.join(models) if len(models) <= 3 else f'{len(models)} models'}"
+                          f" on {report['target']}")]
+    extra = report.get("test_extra_work")
+    if extra:
+        blocks.append(Block("warn", "TEST-ONLY extra work was injected into this run ("
+                            + ", ".join(f"{b} +{f:.0%}" for b, f in extra.items())
+                            + "): its timings are slowed on purpose and say nothing about the backends."))
+    if not report.get("finished", True):
+        blocks.append(Block("warn", "Partial report: the sweep was interrupted; `rnnc bench ... --resume` "
+                                    "with the same --out completes it."))
+    settings = report.get("settings") or {}
+    cv_warn = settings.get("cv_warn", 0.10)
+    blocks.append(Block("p", "Each timed row is the median of its samples (one sample = the mean of `loops` "
+                             "back-to-back calls, after warm-up), with the interquartile range (IQR) and "
+                             "the 90th/99th percentiles, in milliseconds per call; throughput is taken at "
+                             "the median. Backends are measured interleaved on the same inputs. "
+                             f"Speed-up is the torch median over the backend's. ⚠ marks a row whose "
+                             f"coefficient of variation exceeds {cv_warn:.0%}: too noisy to trust."))
+    if changes is not None:
+        blocks.append(Block("p", "Against the baseline: change of each row's median, the 95% bootstrap interval "
+                                 "of that change, and the verdict of `rnnc gate --max-regression 10%` (FAIL only "
+                                 "when the whole interval is past +10%)."))
+    blocks += _environment(report, baseline)
+    for name in models:
+        blocks += _model(report, baseline, name, images.get(name), changes)
+    return blocks
+
+
+def _environment(report: dict[str, Any], baseline: dict[str, Any] | None) -> list[Block]:
+    sides = [report] + ([baseline] if baseline else [])
+    keys = [("CPU", lambda r: _get(r, "environment", "cpu", "model")),
+            ("cores", lambda r: _get(r, "environment", "cpu", "cores")),
+            ("ISA", lambda r: " ".join(_get(r, "environment", "cpu", "isa") or []) or None),
+            ("GPU", lambda r: _get(r, "environment", "gpu") or "none"),
+            ("OS", lambda r: _get(r, "environment", "os")),
+            ("threads per runtime", lambda r: _get(r, "settings", "threads") or
+             f"runtime defaults (torch {_get(r, 'environment', 'threads', 'torch_intra_op') or '?'})"),
+            ("git revision", lambda r: _get(r, "environment", "git"))]
+    for lib in ("python", "numpy", "torch", "onnxruntime", "apache-tvm", "rnnc"):
+        keys.append((lib, lambda r, lib=lib: _get(r, "environment", "versions", lib)))
+    keys += [("target", lambda r: r.get("target")),
+             ("min samples / min time per row", lambda r: _settings(r)),
+             ("--check", lambda r: _get(r, "settings", "check")),
+             ("calibration", lambda r: _calibration(r))]
+    header = ("", "this report") + (("baseline",) if baseline else ())
+    rows = tuple((k,) + tuple("-" if f(s) is None else str(f(s)) for s in sides) for k, f in keys)
+    return [Block("h2", "Environment"), Block("table", header=header, rows=rows)]
+
+
+def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, image: str | None,
+           changes: dict[schema.RowKey, Any] | None) -> list[Block]:
+    info = report["models"][name]
+    blocks = [Block("h2", name)]
+    if info.get("spec"):
+        blocks.append(Block("p", describe_spec(info["spec"]) + f" (spec fingerprint {info.get('fingerprint')})."))
+    build = info.get("backends") or {}
+    if build:
+        rows = tuple((b, str(v.get("status")), _f(v.get("build_time_s"), "{:.2f}"), _bytes(v.get("artifact_bytes")),
+                      _f(v.get("rel_err"), "{:.1e}"), v.get("reason") or "")
+                     for b, v in sorted(build.items(), key=lambda kv: _ORDER.get(kv[0], 99)))
+        blocks.append(Block("table", header=("backend", "status", "build s", "artifact", "rel err", "reason"),
+                            rows=rows, right=(2, 3, 4)))
+    rows = [r for r in report["rows"] if r["model"] == name]
+    torch_ms = {(r["batch_size"], r["seq_len"]): r["median_ms"] for r in rows
+                if r["backend"] == "torch" and r["status"] == "ok"}
+    header = ("backend", "batch", "seq", "median ms", "IQR ms", "p90 ms", "p99 ms", "seq/s", "tokens/s",
+              "vs torch", "cv", "n")
+    if changes is not None:
+        header += ("base ms", "change", "95% CI", "verdict")
+    header += ("note",)
+    table = []
+    for r in rows:
+        key = schema.row_key(r)
+        if r["status"] != "ok":
+            cells = (r["backend"], str(r["batch_size"]), str(r["seq_len"]), r["status"].upper(), *([""] * 8))
+            note = r.get("reason") or ""
+        else:
+            t = torch_ms.get((r["batch_size"], r["seq_len"]))
+            warn = " ⚠" if r.get("warning") else ""
+            cells = (r["backend"], str(r["batch_size"]), str(r["seq_len"]), _ms(r["median_ms"]), _ms(r["iqr_ms"]),
+                     _ms(r["p90_ms"]), _ms(r["p99_ms"]), _rate(r["sequences_per_s"]), _rate(r["tokens_per_s"]),
+                     f"{t / r['median_ms']:.2f}x" if t else "-", f"{r.get('cv', 0):.1%}{warn}",
+                     str(len(r["samples_ms"])))
+            note = r.get("warning") or ""
+        if changes is not None:
+            c = changes.get(key)
+            cells += _change_cells(c)
+        table.append(cells + (note,))
+    blocks.append(Block("table", header=header, rows=tuple(table), right=tuple(range(1, 12)) +
+                        ((12, 13) if changes is not None else ())))
+    checked = [r["check"] for r in rows if r.get("check")]
+    if checked:
+        worst = max((c["rel_err"] for c in checked if c.get("rel_err") is not None), default=None)
+        wrong = sum(not c["passed"] for c in checked)
+        blocks.append(Block("p", f"--check: {len(checked) - wrong} of {len(checked)} rows matched the float64 "
+                                 f"reference on the inputs they were timed on (worst rel err "
+                                 f"{'-' if worst is None else f'{worst:.1e}'})"
+                                 + (f"; {wrong} did not and were not timed." if wrong else ".")))
+    if image:
+        blocks.append(Block("image", text=f"{name}: throughput and speed-up over torch", image=image))
+    return blocks
+
+
+def _change_cells(c: Any) -> tuple[str, str, str, str]:
+    if c is None:
+        return ("-", "-", "-", "-")
+    cmp = c.cmp
+    ci = f"[{cmp.ci_low - 1:+.1%}, {cmp.ci_high - 1:+.1%}]" if cmp and not math.isnan(cmp.ci_low) else "-"
+    change = f"{c.new / c.base - 1:+.1%}" if c.base and c.new else "-"
+    return (_ms(c.base) if c.base else "-", change, ci, c.verdict)
+
+
+def describe_spec(spec: dict[str, Any]) -> str:
+    rnn, inp, out = spec.get("rnn", {}), spec.get("input", {}), spec.get("output", {})
+    source = (f"tokens (vocabulary {inp.get('vocab_size')}, embedding {inp.get('embedding_dim')})"
+              if inp.get("type") == "tokens" else f"{inp.get('features')} features per step")
+    layers = rnn.get("num_layers", 1)
+    text = (f"{str(rnn.get('cell', '?')).upper()} hidden {rnn.get('hidden_size')}, {layers} layer"
+            f"{'s' if layers != 1 else ''}{', bidirectional' if rnn.get('bidirectional') else ''}; input {source}; "
+            f"output {out.get('mode')}")
+    dense = out.get("dense")
+    if dense:
+        text += f" then dense {dense.get('units')} ({dense.get('activation')})"
+    return text + f"; {spec.get('dtype', 'float32')}"
+
+
+def _settings(r: dict[str, Any]) -> str | None:
+    s = r.get("settings") or {}
+    if "min_count" not in s:
+        return None
+    return f"{s['min_count']} / {s.get('min_time_s', '?')}s (warm-up {s.get('warmup_s', '?')}s)"
+
+
+def _calibration(r: dict[str, Any]) -> str | None:
+    cal = r.get("calibration") or {}
+    if not cal.get("samples_ms"):
+        return None
+    from rnnc.bench import stats
+
+    s = cal["samples_ms"]
+    return f"{cal.get('workload')}: median {stats.median(s):.4g} ms, IQR {stats.iqr(s):.2g} ms ({len(s)} samples)"
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
+
+
+def _ms(v: float) -> str:
+    return f"{v:.4g}" if v < 1000 else f"{v:.0f}"
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"

@@ -1,0 +1,42 @@
+"""Synthetic reports for the renderer and the gate: rows with lognormal samples, seeded."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rnnc.bench import stats
+from rnnc.reports import schema
+
+SPEC = {"name": "m", "input": {"type": "features", "features": 4}, "rnn": {"cell": "lstm", "hidden_size": 8},
+        "output": {"mode": "many_to_many"}, "dtype": "float32"}
+
+
+def row(backend: str, batch: int, seq: int, center_ms: float, n: int = 40, spread: float = 0.03,
+        seed: int = 0, model: str = "m") -> dict[str, Any]:
+    rng = np.random.default_rng([seed, batch, seq, len(backend)])
+    samples = [float(v) for v in center_ms * np.exp(rng.normal(0, spread, n))]
+    s = stats.summarize(samples)
+    return {"model": model, "backend": backend, "batch_size": batch, "seq_len": seq, "status": "ok",
+            "samples_ms": samples, **s, **stats.throughput(s["median_ms"], batch, seq), "loops": 1,
+            "warning": None, "check": None}
+
+
+def report(rows: list[dict[str, Any]], fingerprint: str = "abc", calibration_ms: float = 5.0,
+           target: str = "cpu") -> dict[str, Any]:
+    r = schema.new_report(target, {"cpu": {"model": "test cpu", "cores": 2}}, {"min_count": 40})
+    r["finished"] = True
+    r["calibration"] = {"workload": "matmul", "samples_ms": [calibration_ms] * 20}
+    for name in dict.fromkeys(x["model"] for x in rows):
+        r["models"][name] = {"fingerprint": fingerprint, "spec": SPEC, "backends": {
+            "torch": {"status": "ok", "build_time_s": 0.01, "artifact_bytes": 2048, "rel_err": 1e-7}}}
+    r["rows"] = rows
+    return r
+
+
+def standard(scale: dict[str, float] | None = None, seed: int = 0, **kw: Any) -> dict[str, Any]:
+    """torch and onnxruntime at batch 1 and 4, seq 8 and 32; `scale` slows a backend down."""
+    scale = scale or {}
+    rows = [row(b, batch, seq, base * seq / 8 * batch ** 0.5 * scale.get(b, 1.0), seed=seed)
+            for b, base in (("torch", 1.0), ("onnxruntime", 0.4)) for batch in (1, 4) for seq in (8, 32)]
+    return report(rows, **kw)

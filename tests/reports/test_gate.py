@@ -1,0 +1,159 @@
+"""The regression gate on synthetic reports: passes noise, fails real slowdowns, refuses mismatches."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rnnc.errors import UserError
+from rnnc.reports import gate, schema
+from tests.reports.synth import report, row, standard
+from tests.reports.test_schema import pytest_benchmark_json
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_same_distribution_passes(tmp_path):
+    base, new = write(tmp_path, "b.json", standard(seed=1)), write(tmp_path, "n.json", standard(seed=2))
+    code, table = gate(new, base, 0.10, normalize=False)
+    assert code == 0, table
+    assert "gate passed" in table and table.count("\nm ") == 8  # every row listed
+
+
+def test_a_quarter_slower_backend_fails_only_its_rows(tmp_path):
+    base = write(tmp_path, "b.json", standard(seed=1))
+    new = write(tmp_path, "n.json", standard({"onnxruntime": 1.25}, seed=2))
+    code, table = gate(new, base, 0.10, normalize=False)
+    assert code == 1
+    lines = [line for line in table.splitlines() if line.startswith("m ")]
+    assert all(("FAIL" in line) == ("onnxruntime" in line) for line in lines), table
+    assert "gate FAILED: 4 of 8 rows" in table
+
+
+def test_a_slowdown_under_the_threshold_passes(tmp_path):
+    base = write(tmp_path, "b.json", standard(seed=1))
+    new = write(tmp_path, "n.json", standard({"onnxruntime": 1.05}, seed=2))
+    assert gate(new, base, 0.10, normalize=False)[0] == 0
+
+
+def test_normalize_divides_out_a_slower_machine(tmp_path):
+    base = write(tmp_path, "b.json", standard(seed=1, calibration_ms=5.0))
+    slow_machine = standard({"torch": 1.5, "onnxruntime": 1.5}, seed=2, calibration_ms=7.5)
+    new = write(tmp_path, "n.json", slow_machine)
+    assert gate(new, base, 0.10, normalize=False)[0] == 1
+    code, table = gate(new, base, 0.10, normalize=True)
+    assert code == 0 and "calibration-normalised" in table
+
+
+def test_rows_that_break_fail_and_missing_rows_do_not(tmp_path):
+    new = standard(seed=2)
+    new["rows"][0] = {**{k: new["rows"][0][k] for k in ("model", "backend", "batch_size", "seq_len")},
+                      "status": "failed", "reason": "boom"}
+    del new["rows"][1]
+    changes = gate_changes(standard(seed=1), new)
+    verdicts = {(c.key[1], c.key[2], c.key[3]): c.verdict for c in changes}
+    assert verdicts[("torch", 1, 8)] == "BROKEN" and verdicts[("torch", 1, 32)] == "missing"
+    assert gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, False)[0] == 1
+
+
+def test_new_rows_and_too_few_samples_are_reported_not_judged():
+    base = report([row("torch", 1, 8, 1.0, n=3)])
+    new = report([row("torch", 1, 8, 3.0, n=3), row("onnxruntime", 1, 8, 1.0)])
+    verdicts = [c.verdict for c in gate_changes(base, new)]
+    assert verdicts == ["?", "new"]
+
+
+def gate_changes(base, new):
+    from rnnc.reports.gate import compare_reports
+
+    return compare_reports(base, new, 0.10, normalize=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["models"]["m"].update(fingerprint="zzz"), "different specs"),
+    (lambda r: r.update(target="cuda"), "different targets"),
+    (lambda r: [x.update(model="other") for x in r["rows"]] and r.update(models={"other": r["models"]["m"]}),
+     "no model in common"),
+])
+def test_mismatched_reports_are_bad_input(tmp_path, change, message):
+    new = standard(seed=2)
+    change(new)
+    with pytest.raises(UserError, match=message):
+        gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, False)
+
+
+def test_pytest_benchmark_json_is_gated_too(tmp_path):
+    base = write(tmp_path, "b.json", pytest_benchmark_json())
+    assert gate(write(tmp_path, "same.json", pytest_benchmark_json()), base, 0.1, False)[0] == 0
+    assert gate(write(tmp_path, "slow.json", pytest_benchmark_json(1.3)), base, 0.1, False)[0] == 1
+    no_data = write(tmp_path, "nodata.json", pytest_benchmark_json(1.3, data=False))
+    code, table = gate(no_data, write(tmp_path, "b2.json", pytest_benchmark_json(data=False)), 0.1, False)
+    assert code == 1 and "judged on quartiles" in table
+
+
+def test_an_rnnc_report_against_a_pytest_benchmark_baseline_is_refused(tmp_path):
+    with pytest.raises(UserError, match="different schema"):
+        gate(write(tmp_path, "n.json", standard()), write(tmp_path, "b.json", pytest_benchmark_json()), 0.1, False)
+
+
+def test_cli_gate_exit_codes(cli, tmp_path):
+    base = write(tmp_path, "b.json", standard(seed=1))
+    slow = write(tmp_path, "n.json", standard({"torch": 1.3}, seed=2))
+    code, out, err = cli("gate", slow, "--baseline", base, "--max-regression", "10%")
+    assert code == 1 and "FAIL" in out
+    code, out, err = cli("gate", slow, "--baseline", base, "--max-regression", "50%")
+    assert code == 0
+    code, out, err = cli("gate", tmp_path / "missing.json", "--baseline", base)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    (tmp_path / "corrupt.json").write_text("{nope")
+    code, out, err = cli("gate", tmp_path / "corrupt.json", "--baseline", base)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_schema_keys_match_rows():
+    r = standard()
+    assert schema.validate(r) == []
+    assert schema.row_key(r["rows"][0]) == ("m", "torch", 1, 8)
+
+
+def test_reports_with_different_thread_counts_are_refused(tmp_path):
+    new = standard(seed=2)
+    new["settings"]["threads"] = 1
+    with pytest.raises(UserError, match="different thread counts: 1 against default"):
+        gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, False)
+
+
+def test_reports_without_a_common_row_are_refused(cli, tmp_path):
+    base = report([row("torch", 1, 8, 1.0)])
+    new = report([row("torch", 1, 16, 1.0)])
+    code, out, err = cli("gate", write(tmp_path, "n.json", new), "--baseline", write(tmp_path, "b.json", base))
+    assert code == 2 and "nothing to compare" in err and err.count("\n") == 1
+
+
+def test_cli_mismatched_specs_are_one_line_exit_2(cli, tmp_path):
+    new = standard(seed=2)
+    new["models"]["m"]["fingerprint"] = "other"
+    code, out, err = cli("gate", write(tmp_path, "n.json", new), "--baseline", write(tmp_path, "b.json", standard()))
+    assert code == 2 and err.startswith("error: reports of different specs") and err.count("\n") == 1
+
+
+def test_common_mode_gate_passes_shared_drift_and_fails_one_backend(tmp_path):
+    def four(scale, seed):
+        return report([row(b, 1, 8, base * scale.get(b, 1.0) * scale.get("all", 1.0), seed=seed)
+                       for b, base in (("torch", 1.0), ("torchscript", 0.9), ("onnxruntime", 0.4), ("tvm", 0.3))])
+
+    base = write(tmp_path, "b.json", four({}, 1))
+    drifted = write(tmp_path, "d.json", four({"all": 1.2}, 2))
+    assert gate(drifted, base, 0.10, False)[0] == 1
+    code, table = gate(drifted, base, 0.10, False, common_mode=True)
+    drifts = {float(line.split("common drift ")[1].rstrip("%")) for line in table.splitlines() if "common drift" in line}
+    assert code == 0 and len(drifts) == 1 and abs(drifts.pop() - 20) < 2
+    slowed = write(tmp_path, "s.json", four({"all": 1.2, "tvm": 1.25}, 3))
+    code, table = gate(slowed, base, 0.10, False, common_mode=True)
+    assert code == 1 and [line.split()[1] for line in table.splitlines() if "FAIL" in line.split()] == ["tvm"]
+    with pytest.raises(UserError, match="alternatives"):
+        gate(slowed, base, 0.10, True, common_mode=True)
