@@ -1,0 +1,152 @@
+"""The machine a TVM artifact is built for and run on: CPU model and ISA, CUDA, thread count.
+
+The CPU target is the host's own, asked of TVM's LLVM (`llvm_get_system_cpu`), never hard-coded:
+these machines vary (Zen 4, Sapphire Rapids). `host_record()` is what the build writes beside its
+library; `check_host(record)` is what loading runs first, so that an artifact compiled for AVX-512
+on a CPU without it is refused with a sentence rather than killed by SIGILL in the first kernel.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from typing import Any
+
+from rnnc.errors import UserError
+
+# ISA extensions that change what code LLVM emits; the others do not matter for a refusal
+_ISA = ("sse4.2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
+        "avx512cd", "avx512vnni", "avx512bf16", "avx512fp16", "avx512vbmi", "avx512ifma")
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_threads() -> int:
+    """TVM_NUM_THREADS = the cores we may use, unless the user set it; returns the count in force.
+
+    TVM's runtime reads the variable when its thread pool starts; without it these 2-vCPU machines
+    run one thread. When the pool already exists it is reconfigured to the same count.
+    """
+    count = int(os.environ.setdefault("TVM_NUM_THREADS", str(cpu_count())))
+    import tvm
+
+    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+    if config is not None:
+        config(0, count)  # 0: big cores first, the runtime's default mode
+    return count
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str] | None:
+    """The host's ISA flags, normalised (lower case, no '_' or '.'); None where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return {_norm(x) for x in line.split(":", 1)[1].split()}
+    except OSError:
+        return None
+    return None
+
+
+def _norm(flag: str) -> str:
+    return flag.lower().replace("_", "").replace(".", "")
+
+
+def host_target() -> dict[str, Any]:
+    """The llvm target dict for this CPU, e.g. {"kind": "llvm", "mcpu": "sapphirerapids"}."""
+    from tvm.target import codegen
+
+    mcpu = codegen.llvm_get_system_cpu()
+    triple = codegen.llvm_get_system_triple()
+    if not mcpu or mcpu == "generic" or not codegen.llvm_is_valid_cpu(mcpu, triple):
+        # a CPU this LLVM does not know by name: the x86-64 level its flags reach, else generic
+        flags = cpu_flags() or set()
+        levels = (("x86-64-v4", {"avx512f", "avx512bw", "avx512dq", "avx512vl"}), ("x86-64-v3", {"avx2", "fma", "bmi2"}))
+        mcpu = next((name for name, need in levels if need <= flags and codegen.llvm_is_valid_cpu(name, triple)), "")
+    return {"kind": "llvm", "mcpu": mcpu} if mcpu else {"kind": "llvm"}
+
+
+def host_record(target: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest keeps about the build machine and the ISA the library needs."""
+    import tvm
+    from tvm.target import codegen
+
+    features = codegen.llvm_get_cpu_features(tvm.target.Target(target))
+    needs = sorted(f for f in _ISA if f in features)
+    return {
+        "target": target,
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "isa": needs,
+        "llvm": codegen.llvm_version_major(),
+    }
+
+
+def check_host(record: dict[str, Any]) -> None:
+    """Refuse, with a reason, a CPU library whose ISA this machine lacks."""
+    if record.get("machine") and record["machine"] != platform.machine():
+        raise UserError(f"the TVM library was built for {record['machine']}, this machine is {platform.machine()}: "
+                        "rebuild it here with `rnnc compile`")
+    flags = cpu_flags()
+    if flags is None:
+        return
+    missing = [f for f in record.get("isa", []) if _norm(f) not in flags]
+    if missing:
+        raise UserError(
+            f"the TVM library was built for {record.get('target', {}).get('mcpu', '?')} ({record.get('cpu', '?')}) "
+            f"and needs {', '.join(missing)}, which this CPU ({cpu_model()}) lacks: rebuild it here with `rnnc compile`"
+        )
+
+
+def cuda_device_reason() -> str | None:
+    """None when a CUDA device can run TVM code here, else why not."""
+    try:
+        import tvm
+
+        if not tvm.cuda(0).exist:
+            return "no CUDA device on this machine (the library was cross-compiled, not verified)"
+    except Exception as err:  # noqa: BLE001 - any failure to reach a device is a reason
+        return f"CUDA runtime unavailable ({err})"
+    return None
+
+
+def cuda_build_reason() -> str | None:
+    """None when CUDA code can be generated and compiled here, else why not."""
+    import tvm
+
+    if not tvm.get_global_func("target.build.cuda", allow_missing=True):
+        return "this TVM build has no CUDA code generator"
+    if shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "nvcc is not on PATH"
+    return None
+
+
+def cuda_target() -> dict[str, Any]:
+    """The CUDA target: the device's own arch when there is one, else sm_80 (A100/H100 run it)."""
+    arch = "sm_80"
+    try:
+        import tvm
+
+        dev = tvm.cuda(0)
+        if dev.exist:
+            arch = "sm_" + dev.compute_version.replace(".", "")
+    except Exception:  # noqa: BLE001
+        pass
+    return {"kind": "cuda", "arch": arch, "host": host_target()}

@@ -1,0 +1,100 @@
+"""`--tune SECONDS` (build option `tune_s`): search the knobs where search pays (batch tile, GEMM row tile), cache the winner.
+
+The space is small on purpose: the recurrent step's batch register tile (rows sharing one pass over
+R) and the input/dense GEMM's row tile. Each candidate is lowered, built and timed on the model's
+own largest spec shape (median of several runs); the search stops when the budget is spent. The
+winner is stored as JSON under the cache directory, keyed by the graph's structure (ops,
+attributes, weight shapes, not values), the shapes and the TVM target, and any later build of the
+same key reuses it without searching, tuned or not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rnnc.compiler.tvm.lower import Tuning
+
+CANDIDATES = [Tuning(6, 6), Tuning(4, 4), Tuning(4, 6), Tuning(6, 4), Tuning(2, 4), Tuning(3, 6), Tuning(5, 6)]
+
+
+def cache_dir(options: dict[str, Any]) -> Path:
+    if options.get("tune_cache"):
+        return Path(options["tune_cache"])
+    return Path(os.path.expanduser("~")) / ".cache" / "rnnc" / "tvm-tune"
+
+
+def key(proto: onnx.ModelProto, shapes: list[tuple[int, int]], tvm_target: dict[str, Any]) -> str:
+    """What makes two builds the same problem: structure, shapes and target, not weight values."""
+    h = hashlib.sha256()
+    for node in proto.graph.node:
+        h.update(node.op_type.encode())
+        h.update(str(sorted((a.name, str(onnx.helper.get_attribute_value(a))) for a in node.attribute)).encode())
+    for init in proto.graph.initializer:
+        h.update(f"{init.name}:{list(init.dims)}".encode())
+    h.update(json.dumps([list(s) for s in shapes]).encode())
+    h.update(json.dumps(tvm_target, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def choose(model: Any, target: str, tvm_target: dict[str, Any], options: dict[str, Any]) -> tuple[Tuning, dict[str, Any]]:
+    """The tuning to build with, and what to record about where it came from."""
+    budget = float(options.get("tune_s") or options.get("tune") or 0)
+    k = key(model.onnx, list(model.shapes), tvm_target)
+    if options.get("tuning"):  # the caller's own choice wins over cache and search
+        return Tuning(**options["tuning"]), {"source": "options", "key": k}
+    path = cache_dir(options) / f"{k}.json"
+    if path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+            return Tuning(**rec["tuning"]), {"source": "cache", "key": k, "measured_ms": rec.get("measured_ms")}
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged record is searched again
+    if budget <= 0 or target != "cpu":
+        return Tuning(), {"source": "default", "key": k}
+    best, trials = search(model, tvm_target, budget)
+    rec = {"tuning": best[0].as_dict(), "measured_ms": best[1], "trials": trials, "key": k}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(json.dumps(rec, indent=2))
+    os.replace(f.name, path)
+    return best[0], {"source": "search", "key": k, "measured_ms": best[1], "trials": len(trials)}
+
+
+def search(model: Any, tvm_target: dict[str, Any], budget: float) -> tuple[tuple[Tuning, float], list[dict[str, Any]]]:
+    import tvm
+    from tvm import relax
+
+    from rnnc.compiler.tvm.lower import lower
+
+    batch, seq = max(model.shapes, key=lambda s: s[0] * s[1])
+    seq = min(seq, 64)  # the step cost is what differs; a long T only adds time
+    arrays = model.random_inputs(batch, seq, np.random.default_rng(0))
+    deadline = time.perf_counter() + budget
+    trials: list[dict[str, Any]] = []
+    best: tuple[Tuning, float] | None = None
+    for cand in CANDIDATES:
+        if time.perf_counter() > deadline and best is not None:
+            break
+        ex = tvm.compile(lower(model.onnx, "llvm", cand).module, tvm.target.Target(tvm_target))
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        args = [tvm.runtime.tensor(arrays[t.name]) for t in model.inputs]
+        vm["main"](*args)
+        samples = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            vm["main"](*args)
+            samples.append((time.perf_counter() - t0) * 1e3)
+        ms = float(np.median(samples))
+        trials.append({**cand.as_dict(), "median_ms": round(ms, 4)})
+        if best is None or ms < best[1]:
+            best = (cand, ms)
+    assert best is not None
+    return best, trials

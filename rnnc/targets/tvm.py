@@ -1,0 +1,154 @@
+"""Apache TVM: our own lowering of the ONNX graph (rnnc.compiler.tvm), one exported library.
+
+Artifacts under DIR/tvm/: `model.so` (a Relax VM executable, batch and sequence symbolic, the
+weights inside) and `tvm.json` (target, host CPU and ISA, tuning, layers, build time and size),
+so that loading needs TVM's runtime alone and no recompilation, also on another machine of the
+same ISA; another ISA is refused with a sentence (`target.check_host`).
+
+Options (`build(..., options)`): `tune_s` (seconds of search budget, 0 or absent: none; the records
+are cached on disk, see `rnnc.compiler.tvm.tune`), `tune_cache` (a directory for those records),
+`tuning` ({"batch_tile": n, "gemm_rows": m}: fixed tiles, no cache, no search).
+
+"Built but not verified": `available(target)` answers whether the artifact can be *built* here;
+`can_verify(target)` whether it can also *run* here (None, or the reason: for `--target cuda` on a
+machine without a GPU, "no CUDA device ..."). `build` cross-compiles and returns its artifacts
+either way; the pipeline then records the backend as built but not verified, with that reason.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rnnc.graphs.model import Model
+from rnnc.targets.base import Arrays, Runner, Unsupported
+
+ORDER = 3
+LIBRARY = "tvm/model.so"
+RECORD = "tvm/tvm.json"
+FORMAT = 1
+
+
+def available(target: str) -> str | None:
+    """None when the artifact can be built here (for CUDA: even with no device to run it)."""
+    try:
+        import tvm  # noqa: F401
+    except ImportError as err:
+        return f"apache-tvm is not installed ({err})"
+    if target == "cuda":
+        from rnnc.compiler.tvm import target as host
+
+        return host.cuda_build_reason()
+    return None
+
+
+def can_verify(target: str) -> str | None:
+    """None when a TVM artifact for `target` can run here, else why not (it may still be built)."""
+    from rnnc.compiler.tvm import target as host
+
+    if target == "cuda":
+        return host.cuda_build_reason() or host.cuda_device_reason()
+    return None
+
+
+def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
+    import tvm
+
+    from rnnc.compiler.tvm import lower, target as host, tune
+
+    out_dir = Path(out_dir)
+    (out_dir / "tvm").mkdir(parents=True, exist_ok=True)
+    if model.dtype != "float32":
+        raise Unsupported(f"dtype {model.dtype}: the tvm backend builds float32 models")
+    if target == "cuda":
+        if reason := host.cuda_build_reason():
+            raise Unsupported(f"cannot build for CUDA: {reason}")
+        tvm_target = host.cuda_target()
+    else:
+        tvm_target = host.host_target()
+    host.set_threads()
+    started = time.perf_counter()
+    tuning, tune_record = tune.choose(model, target, tvm_target, options)
+    lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning)
+    executable = tvm.compile(lowered.module, tvm.target.Target(tvm_target))
+    library = out_dir / LIBRARY
+    executable.export_library(str(library))
+    record = {
+        "format": FORMAT,
+        "target": target,
+        "tvm_target": tvm_target,
+        "host": host.host_record(tvm_target if target == "cpu" else tvm_target["host"]),
+        "tvm_version": tvm.__version__,
+        "threads": host.cpu_count(),
+        "inputs": lowered.inputs,
+        "outputs": lowered.outputs,
+        "tuning": {**tuning.as_dict(), **tune_record},
+        "layers": [_jsonable(layer) for layer in lowered.layers],
+        "build_s": round(time.perf_counter() - started, 3),
+        "library_bytes": library.stat().st_size,
+    }
+    (out_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return [LIBRARY, RECORD]
+
+
+def load(out_dir: Path, manifest: dict[str, Any], target: str) -> Runner:
+    from rnnc.compiler.tvm import target as host
+    from rnnc.errors import UserError
+
+    out_dir = Path(out_dir)
+    try:
+        record = json.loads((out_dir / RECORD).read_text())
+    except FileNotFoundError as err:
+        raise UserError(f"{out_dir / RECORD}: missing; rebuild with `rnnc compile ... --backends tvm`") from err
+    if record.get("format") != FORMAT:
+        raise UserError(f"{out_dir / RECORD}: format {record.get('format')} is not {FORMAT}; rebuild it")
+    if record["target"] != target:
+        raise UserError(f"the TVM library in {out_dir} was built for {record['target']}, not {target}")
+    host.check_host(record["host"])
+    if target == "cuda" and (reason := host.cuda_device_reason()):
+        raise UserError(f"cannot run the CUDA library here: {reason}")
+    host.set_threads()
+    return VMRunner(out_dir / LIBRARY, record, target)
+
+
+class VMRunner(Runner):
+    """The library's Relax VM; inputs in, every graph output out, numpy both ways."""
+
+    def __init__(self, path: Path, record: dict[str, Any], target: str) -> None:
+        import tvm
+        from tvm import relax
+
+        self.device = tvm.cuda(0) if target == "cuda" else tvm.cpu(0)
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
+        self.main = self.vm["main"]
+        inputs = record["inputs"]
+        super().__init__([i["name"] for i in inputs], record["outputs"], [i["dtype"] for i in inputs])
+
+    def _to_device(self, arrays: Arrays) -> list[Any]:
+        import tvm
+
+        return [tvm.runtime.tensor(arrays[n], self.device) for n in self.input_names]
+
+    def _outputs(self, result: Any) -> Arrays:
+        results = [result] if len(self.output_names) == 1 else list(result)
+        return {n: r.numpy() for n, r in zip(self.output_names, results)}
+
+    def _run(self, arrays: Arrays) -> Arrays:
+        return self._outputs(self.main(*self._to_device(arrays)))
+
+    def bind(self, **arrays: np.ndarray) -> Callable[[], object]:
+        args = self._to_device(self.check_inputs(arrays))
+        return lambda: self._outputs(self.main(*args))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value

@@ -1,0 +1,127 @@
+"""The tvm backend end to end: spec models built, exported, loaded and checked against float64."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from rnnc.compiler.tvm import target as host  # noqa: E402
+from rnnc.errors import UserError  # noqa: E402
+from rnnc.graphs.from_spec import model_from_spec  # noqa: E402
+from rnnc.graphs.spec import parse_spec  # noqa: E402
+from rnnc.targets import tvm as backend  # noqa: E402
+
+TOL = 1e-5
+
+
+def _spec(cell="lstm", hidden=12, layers=1, bi=False, mode="many_to_many", dense=None, tokens=False, **rnn):
+    spec = {
+        "name": "t",
+        "input": {"type": "tokens", "vocab_size": 40, "embedding_dim": 6} if tokens else {"type": "features", "features": 5},
+        "rnn": {"cell": cell, "hidden_size": hidden, "num_layers": layers, "bidirectional": bi, **rnn},
+        "output": {"mode": mode, **({"dense": dense} if dense else {})},
+        "shapes": {"batch_sizes": [2], "seq_lens": [3]},
+    }
+    return model_from_spec(parse_spec(spec))
+
+
+def _manifest(model):
+    return {"io": {"inputs": [vars(t) for t in model.inputs], "outputs": [vars(t) for t in model.outputs]},
+            "target": "cpu", "backends": {}}
+
+
+SMALL = {"batch_tile": 2, "gemm_rows": 4}  # small tiles build fastest; the default ones in one test
+
+
+def _check(model, out_dir: Path, shapes=((2, 3), (1, 1), (5, 9)), tiles=SMALL):
+    options = {"tune_cache": str(out_dir / "cache"), **({"tuning": tiles} if tiles else {})}
+    artifacts = backend.build(model, out_dir, "cpu", options)
+    assert all((out_dir / a).is_file() for a in artifacts)
+    runner = backend.load(out_dir, _manifest(model), "cpu")
+    assert runner.input_names == model.input_names and runner.output_names == ["output"]
+    for batch, seq in shapes:  # built for (2, 3): the others were never seen by the build
+        x = model.random_inputs(batch, seq, np.random.default_rng(batch * 100 + seq))
+        got, want = runner(**x)["output"], model.reference64(x)["output"]
+        assert got.shape == want.shape
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err <= TOL, f"relative error {err:.2e} at batch {batch}, seq {seq}"
+    return runner
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(cell="lstm", mode="many_to_one", dense={"units": 3, "activation": "softmax"}),
+    dict(cell="gru", bi=True, layers=2, mode="many_to_one", dense={"units": 4, "activation": "sigmoid"}, tokens=True),
+    dict(cell="rnn", bi=True, nonlinearity="relu", dense={"units": 3, "activation": "leaky_relu"}),
+    dict(cell="lstm", bi=True, layers=2, tokens=True, bias="single"),
+    dict(cell="gru", hidden=20, dense={"units": 2, "activation": "tanh"}, bias=False),
+])
+def test_spec_models_match_float64(tmp_path, kwargs):
+    _check(_spec(**kwargs), tmp_path)
+
+
+def test_record_and_flat_library(tmp_path):
+    model = _spec(cell="lstm", mode="many_to_one", dense={"units": 8, "activation": "relu"})
+    _check(model, tmp_path, shapes=((2, 3), (7, 2)), tiles=None)  # the default tiles, 7 = 6 + 1 rows
+    record = json.loads((tmp_path / backend.RECORD).read_text())
+    assert record["target"] == "cpu" and record["tvm_target"]["kind"] == "llvm"
+    assert record["host"]["isa"] and record["threads"] >= 1
+    assert [layer["cell"] for layer in record["layers"] if "cell" in layer] == ["lstm"]
+    # many-to-one: the kernel writes h_n batch-major itself and skips Y entirely
+    assert record["layers"][0]["yh_layout"] == "bdh" and record["layers"][0]["y_layout"] is None
+
+
+def test_runs_where_another_isa_is_refused(tmp_path, monkeypatch):
+    model = _spec()
+    backend.build(model, tmp_path, "cpu", {"tune_cache": str(tmp_path / "cache"), "tuning": SMALL})
+    path = tmp_path / backend.RECORD
+    record = json.loads(path.read_text())
+    record["host"]["isa"] = record["host"]["isa"] + ["avx512fp64imaginary"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match="avx512fp64imaginary.*lacks"):
+        backend.load(tmp_path, _manifest(model), "cpu")
+    record["target"] = "cuda"
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match="built for cuda"):
+        backend.load(tmp_path, _manifest(model), "cpu")
+
+
+def test_threads_default_to_the_cores(monkeypatch):
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    assert host.set_threads() == host.cpu_count()
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    assert host.set_threads() == 1  # the user's choice wins
+    monkeypatch.delenv("TVM_NUM_THREADS")
+    host.set_threads()
+
+
+def test_tuning_is_cached_and_reused(tmp_path):
+    model = _spec(hidden=8)
+    options = {"tune_s": 0.01, "tune_cache": str(tmp_path / "cache")}
+    backend.build(model, tmp_path / "a", "cpu", options)
+    first = json.loads((tmp_path / "a" / backend.RECORD).read_text())["tuning"]
+    assert first["source"] == "search" and len(list((tmp_path / "cache").iterdir())) == 1
+    backend.build(model, tmp_path / "b", "cpu", options)
+    second = json.loads((tmp_path / "b" / backend.RECORD).read_text())["tuning"]
+    assert second["source"] == "cache" and second["key"] == first["key"]
+    assert {k: second[k] for k in ("batch_tile", "gemm_rows")} == {k: first[k] for k in ("batch_tile", "gemm_rows")}
+
+
+def test_cuda_without_a_device_is_built_not_verified(tmp_path):
+    reason = backend.can_verify("cuda")
+    if host.cuda_build_reason():
+        pytest.skip(host.cuda_build_reason())
+    model = _spec(cell="gru", mode="many_to_one", dense={"units": 2, "activation": "softmax"})
+    artifacts = backend.build(model, tmp_path, "cuda", {})
+    assert (tmp_path / "tvm" / "model.so").is_file() and artifacts
+    if reason is None:  # a GPU here: it must also run and agree
+        runner = backend.load(tmp_path, {**_manifest(model), "target": "cuda"}, "cuda")
+        x = model.random_inputs(3, 4, np.random.default_rng(0))
+        want = model.reference64(x)["output"]
+        assert np.abs(runner(**x)["output"] - want).max() / np.abs(want).max() <= TOL
+    else:
+        assert "CUDA" in reason
+        assert backend.available("cuda") is None  # it can be built here, only not run
