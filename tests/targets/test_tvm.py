@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("tvm")
-
 from rnnc.compiler.tvm import target as host  # noqa: E402
 from rnnc.errors import UserError  # noqa: E402
 from rnnc.graphs.from_spec import model_from_spec  # noqa: E402
