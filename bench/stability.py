@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(x) for x in args.batch_sizes.split(",")]
     model_dir = out / "compiled"
     if not (model_dir / "manifest.json").is_file():
-        from rnnc.compiler.pipeline import compile_model
+        from rnnc.pipeline import compile_model
         from rnnc.graphs import load_model
 
         model = load_model(args.spec)

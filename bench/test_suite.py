@@ -19,7 +19,7 @@ import pytest
 from rnnc import targets
 from rnnc.bench import measure, threads
 from rnnc.bench.sweep import fingerprint
-from rnnc.compiler.pipeline import compile_model
+from rnnc.pipeline import compile_model
 from rnnc.graphs import load_model, load_spec
 
 SUITE = Path(__file__).parent / "suite"

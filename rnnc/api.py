@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from rnnc import targets
-from rnnc.compiler import pipeline
-from rnnc.compiler.verify import verify as verify_runners
+from rnnc import pipeline
+from rnnc.verify import verify as verify_runners
 from rnnc.errors import UserError
 from rnnc.graphs import Model, load_model, model_from_source
 from rnnc.progress import SILENT, Progress

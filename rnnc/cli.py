@@ -155,7 +155,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     from rnnc import api, targets
-    from rnnc.compiler.pipeline import exit_code
+    from rnnc.pipeline import exit_code
 
     backends = targets.parse_backends(args.backends)
     if args.tune < 0:
@@ -169,7 +169,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from rnnc import api, targets
-    from rnnc.compiler.pipeline import exit_code
+    from rnnc.pipeline import exit_code
 
     backends = targets.parse_backends(args.backends) if args.backends else None
     manifest = api.verify(args.spec, args.target, backends, _shapes(args), _progress())

@@ -14,3 +14,10 @@ class UserError(Exception):
     def __init__(self, *problems: str) -> None:
         self.problems = [p for p in problems if p] or ["bad input"]
         super().__init__("\n".join(self.problems))
+
+
+class Unsupported(Exception):
+    """A backend (or the TVM lowering) cannot take this model or target; the message says why.
+
+    Not a user error: the backend is reported `skipped` with the reason and the others go on.
+    """

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 import rnnc
 from rnnc import api
-from rnnc.compiler.pipeline import exit_code
+from rnnc.pipeline import exit_code
 from rnnc.errors import UserError
 from tests.conftest import make_spec
 

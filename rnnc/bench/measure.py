@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from rnnc.bench import stats
+from rnnc import stats
 
 TimeFunc = Callable[[int], float]
 

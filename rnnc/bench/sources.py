@@ -25,7 +25,7 @@ class Source:
 
 def resolve_sources(path: Path) -> list[Source]:
     """A compiled DIR, a spec or model file, or a folder of specs (every *.yaml, sorted)."""
-    from rnnc.compiler.pipeline import MANIFEST, read_manifest
+    from rnnc.pipeline import MANIFEST, read_manifest
 
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
@@ -90,7 +90,7 @@ def open_source(src: Source, shapes: list[tuple[int, int]] | None, target: str, 
     """The model, its manifest and its compiled DIR: opened when given, else compiled (or, under
     --resume, reused from a previous run into the same --out when the spec is unchanged)."""
     from rnnc import api
-    from rnnc.compiler.pipeline import MANIFEST, compile_model
+    from rnnc.pipeline import MANIFEST, compile_model
     from rnnc.graphs import load_model
 
     if src.compiled:

@@ -244,7 +244,7 @@ def _measure_shape(model: Any, runners: dict[str, Any], batch: int, seq: int, se
 
 
 def _check(outputs: dict[str, Any], reference: dict[str, np.ndarray], dtype: str) -> dict[str, Any]:
-    from rnnc.compiler.verify import TOLERANCE, compare
+    from rnnc.verify import TOLERANCE, compare
 
     tolerance = TOLERANCE.get(dtype, TOLERANCE["float32"])
     errors = compare(outputs, reference)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rnnc.compiler.onnx_export import export_onnx
+from rnnc.graphs.onnx_export import export_onnx
 from rnnc.graphs.model import Arrays, Model, TensorInfo
 from rnnc.graphs.spec import ModelSpec
 from rnnc.graphs.torch_model import TORCH_DTYPES, build_torch_model

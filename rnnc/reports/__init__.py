@@ -1,7 +1,7 @@
 """Reports: rendering (Markdown, self-contained HTML, PNG plots) and the CI regression gate.
 
 `render` and `gate` read files and write files; what they say is computed by pure functions in
-`content`, `tables` and `rnnc.bench.stats`.
+`content`, `tables` and `rnnc.stats`.
 """
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def _calibration(r: dict[str, Any]) -> str | None:
     cal = r.get("calibration") or {}
     if not cal.get("samples_ms"):
         return None
-    from rnnc.bench import stats
+    from rnnc import stats
 
     s = cal["samples_ms"]
     return f"{cal.get('workload')}: median {stats.median(s):.4g} ms, IQR {stats.iqr(s):.2g} ms ({len(s)} samples)"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rnnc.bench import stats
+from rnnc import stats
 from rnnc.errors import UserError
 from rnnc.reports import schema
 from rnnc.reports.tables import text_table

@@ -160,7 +160,7 @@ def from_pytest_benchmark(data: dict[str, Any], path: Path) -> dict[str, Any]:
 def _pct(samples: list[float], q: float, default: float) -> float:
     if not samples:
         return default
-    from rnnc.bench.stats import percentile
+    from rnnc.stats import percentile
 
     return percentile(samples, q)
 

@@ -16,14 +16,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rnnc.errors import UserError
+from rnnc.errors import Unsupported, UserError
 
 Arrays = dict[str, np.ndarray]
 TARGETS = ("cpu", "cuda")
 
-
-class Unsupported(Exception):
-    """This backend cannot take this model or target; the message says why."""
 
 
 class Runner:

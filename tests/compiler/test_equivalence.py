@@ -11,7 +11,7 @@ import itertools
 import pytest
 
 from rnnc import api, targets
-from rnnc.compiler.pipeline import exit_code
+from rnnc.pipeline import exit_code
 
 CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)]
 HEADS = [None, "none", "softmax", "sigmoid", "tanh", "relu", "leaky_relu"]

@@ -10,7 +10,7 @@ import tvm  # noqa: E402 - a hard dependency of rnnc: never skipped
 
 from rnnc.compiler.tvm.lower import Tuning, lower  # noqa: E402
 from rnnc.compiler.tvm.target import host_target, set_threads  # noqa: E402
-from rnnc.targets.base import Unsupported  # noqa: E402
+from rnnc.errors import Unsupported  # noqa: E402
 from tests.compiler.test_tvm_kernels import TOL, onnx_rnn  # noqa: E402
 
 I, H = 5, 12

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.bench import stats
+from rnnc import stats
 from rnnc.reports import schema
 
 SPEC = {"name": "m", "input": {"type": "features", "features": 4}, "rnn": {"cell": "lstm", "hidden_size": 8},

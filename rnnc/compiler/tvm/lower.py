@@ -32,7 +32,7 @@ from rnnc.compiler.tvm import dense, kernels
 from rnnc.compiler.tvm.ops import CONVERTERS as _CONVERTERS
 from rnnc.compiler.tvm.ops import attrs as _attrs
 from rnnc.compiler.tvm.kernels import LayerSpec
-from rnnc.targets.base import Unsupported
+from rnnc.errors import Unsupported
 
 RECURRENT = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from rnnc.targets.base import Unsupported
+from rnnc.errors import Unsupported
 
 
 def attrs(node: onnx.NodeProto) -> dict[str, Any]:

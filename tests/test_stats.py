@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from rnnc.bench import stats
+from rnnc import stats
 
 
 def test_percentiles_interpolate_linearly():

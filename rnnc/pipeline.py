@@ -12,10 +12,11 @@ from typing import Any, Sequence
 import onnx
 
 from rnnc import host, targets
-from rnnc.compiler.verify import verify
+from rnnc.verify import verify
 from rnnc.graphs.model import Model
 from rnnc.progress import SILENT, Progress
-from rnnc.targets.base import Runner, Unsupported
+from rnnc.errors import Unsupported
+from rnnc.targets.base import Runner
 
 MANIFEST = "manifest.json"
 FORMAT = 1
