@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from rnnc import host, targets
-from rnnc.bench import measure, stats
+from rnnc import stats
+from rnnc.bench import measure
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
 from rnnc.bench.sources import Source, default_out, fingerprint, open_source, resolve_sources, sweep_shapes

@@ -86,7 +86,7 @@ def test_check_fails_a_wrong_backend(write_spec, tmp_path, monkeypatch):
 
 def test_a_compiled_dir_is_benched_without_recompiling(write_spec, tmp_path, monkeypatch):
     from rnnc import api
-    from rnnc.compiler import pipeline
+    from rnnc import pipeline
 
     spec = write_spec(make_spec(shapes={"batch_sizes": [2], "seq_lens": [3, 4]}))
     api.compile(spec, "cpu", BACKENDS, tmp_path / "dir")

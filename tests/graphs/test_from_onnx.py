@@ -308,7 +308,7 @@ def test_compile_verify_and_run_a_hand_built_file(tmp_path: Path, cli) -> None:
 
 @pytest.mark.parametrize("case", ["torch-lstm", "layout1-lstm-attributes", "gru-reverse-initial"])
 def test_tvm_backend_against_the_reference(case: str, tmp_path: Path) -> None:
-    from rnnc.compiler import pipeline
+    from rnnc import pipeline
 
     if case == "torch-lstm":
         torch.manual_seed(0)
