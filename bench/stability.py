@@ -13,8 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rnnc import api, targets
-from rnnc.bench import Settings, run_bench, stats
+from rnnc import pipeline, targets
+from rnnc import stats
+from rnnc.bench import Settings, run_bench
 from rnnc.reports import gate, schema
 from rnnc.reports.tables import text_table
 
@@ -46,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.spec)
         model.shapes = [(b, s) for b in batches for s in seqs]
         compile_model(model, "cpu", backends, model_dir)
-    api.open_dir(model_dir)
+    pipeline.open_dir(model_dir)
     settings = Settings(min_time_s=args.min_time)
 
     def sweep(name: str, extra: dict[str, float] | None = None) -> Path:
         report = run_bench(model_dir, "cpu", backends, seqs, batches, out / name, False, False,
-                           settings=settings, extra_work=extra, render=False, threads=args.threads or None)
+                           settings=settings, extra_work=extra, threads=args.threads or None)
         print(f"{name}: exit {report['exit_code']}", file=sys.stderr)
         return out / name / "report.json"
 

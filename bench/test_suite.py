@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from rnnc import targets
-from rnnc.bench import measure, threads
+from rnnc.bench import measure
 from rnnc.bench.sweep import fingerprint
 from rnnc.pipeline import compile_model
 from rnnc.graphs import load_model, load_spec
@@ -61,14 +61,13 @@ def compiled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     for path, _, b, s in _cases(request.config):
         shapes.setdefault(path, []).append((b, s))
     backends = targets.parse_backends(request.config.getoption("--suite-backends"))
-    threads.configure(_threads(request.config))
 
     def get(path: Path):
         if path not in cache:
             model = load_model(path)
             model.shapes = sorted(set(shapes[path]))
             out = tmp_path_factory.mktemp(model.name)
-            cache[path] = (compile_model(model, "cpu", backends, out), model, out)
+            cache[path] = (compile_model(model, "cpu", backends, out, threads=_threads(request.config)), model, out)
         return cache[path]
 
     return get
@@ -77,10 +76,10 @@ def compiled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 def test_row(benchmark, case, compiled, request) -> None:
     path, backend, batch, seq = case
     manifest, model, out = compiled(path)
-    record = manifest["backends"][backend]
-    if record["status"] != "ok":
-        pytest.skip(f"{backend}: {record['status']}: {record.get('reason')}")
-    runner = threads.load(targets.backend(backend).load, backend, _threads(request.config), out, manifest, "cpu")
+    record = manifest.backends[backend]
+    if record.status != "ok":
+        pytest.skip(f"{backend}: {record.status}: {record.reason}")
+    runner = targets.backend(backend).load(out, manifest, "cpu", _threads(request.config))
     inputs = model.random_inputs(batch, seq, np.random.default_rng([0, batch, seq]))  # as `rnnc bench` does
     benchmark.group = model.name
     benchmark.extra_info.update(model=model.name, backend=backend, batch_size=batch, seq_len=seq,

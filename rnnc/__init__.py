@@ -1,30 +1,34 @@
 """rnnc: compile recurrent networks to TorchScript, ONNX Runtime and TVM, verify them against a
 float64 reference, and benchmark them honestly.
 
-The pipeline, one stage per subpackage: spec -> graph (`graphs`) -> lowering (`compiler`) ->
-artifact (`targets`) -> verify (`compiler.verify`) -> bench (`bench`) -> report (`reports`).
+The pipeline, one stage per subpackage or module, each importing only the ones before it:
+leaves (`errors`, `records`, `stats`, `host`, `progress`) -> spec and graph (`graphs`) ->
+lowering (`compiler`) -> artifacts (`targets`) -> `verify` -> `pipeline` (compile, open a DIR) ->
+`bench` -> `reports` -> `api` (and this facade) -> `cli`. `tests/test_layering.py` holds the code to that order.
 """
 from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 
-def load(directory, backend: str = "onnxruntime", target: str | None = None):  # noqa: ANN001
+def load(directory: Any, backend: str = "onnxruntime", target: str | None = None, **kwargs: Any) -> Any:
     """A runner over one backend of a compiled DIR (see `rnnc.api.load`)."""
-    from rnnc.api import load as _load
+    from rnnc import api
 
-    return _load(directory, backend, target)
+    return api.load(directory, backend, target, **kwargs)
 
 
-def compile(source, target: str = "cpu", **kwargs):  # noqa: A001, ANN001, ANN003
+def compile(source: Any, target: str = "cpu", **kwargs: Any) -> Any:  # noqa: A001
     """Compile a spec or model file (see `rnnc.api.compile`)."""
-    from rnnc.api import compile as _compile
+    from rnnc import api
 
-    return _compile(source, target, **kwargs)
+    return api.compile(source, target, **kwargs)
 
 
-def verify(source, target: str | None = None, **kwargs):  # noqa: ANN001, ANN003
+def verify(source: Any, target: str | None = None, **kwargs: Any) -> Any:
     """Verify a compiled DIR or a spec (see `rnnc.api.verify`)."""
-    from rnnc.api import verify as _verify
+    from rnnc import api
 
-    return _verify(source, target, **kwargs)
+    return api.verify(source, target, **kwargs)

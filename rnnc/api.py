@@ -1,6 +1,8 @@
-"""The library API behind every command: compile, verify, load and run (SPEC section 2).
+"""The library API behind every command: compile, verify, load, run and bench (SPEC section 2).
 
-The CLI is a thin shell over these functions; tests and users call them directly.
+The CLI is a thin shell over these functions; tests and users call them directly. `threads` is
+the pool size of every runtime (default: every core this process may use; None: each runtime's
+own default), passed explicitly to each backend's `load`.
 """
 from __future__ import annotations
 
@@ -10,13 +12,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rnnc import targets
-from rnnc import pipeline
-from rnnc.verify import verify as verify_runners
+from rnnc import host, pipeline, targets
+from rnnc.bench import run_bench
 from rnnc.errors import UserError
-from rnnc.graphs import Model, load_model, model_from_source
+from rnnc.graphs import load_model
+from rnnc.pipeline import open_dir
 from rnnc.progress import SILENT, Progress
+from rnnc.records.manifest import BackendRecord, Manifest
+from rnnc.reports import render
 from rnnc.targets.base import Runner
+from rnnc.verify import verify as verify_runners
+
+__all__ = ["bench", "compile", "load", "open_dir", "run", "verify"]
+ALL_CORES = host.cpu_count()
 
 
 def compile(  # noqa: A001 - the command's own name
@@ -27,41 +35,26 @@ def compile(  # noqa: A001 - the command's own name
     shapes: dict[str, tuple[int, ...]] | None = None,
     options: dict[str, Any] | None = None,
     progress: Progress = SILENT,
-) -> tuple[dict[str, Any], Path]:
+    threads: int | None = ALL_CORES,
+) -> tuple[Manifest, Path]:
     """Build, lower and verify a spec or model file; returns the manifest and the output DIR."""
     targets.check_target(target)
-    backends = list(backends) if backends is not None else targets.names()
+    backends = list(backends) if backends is not None else list(targets.names())
     model = load_model(source, shapes)
     out_dir = Path(out) if out is not None else Path("build") / f"{model.name}-{target}"
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a directory")
-    manifest = pipeline.compile_model(model, target, backends, out_dir, progress, options, Path(source))
+    manifest = pipeline.compile_model(model, target, backends, out_dir, progress, options, threads)
     return manifest, out_dir
 
 
-def open_dir(directory: str | Path) -> tuple[dict[str, Any], Model]:
-    """A compiled DIR's manifest and its model rebuilt from the recorded source (spec and seed)."""
-    directory = Path(directory)
-    manifest = pipeline.read_manifest(directory)
-    return manifest, model_from_source(manifest["source"], directory)
-
-
-def load(directory: str | Path, backend: str = "onnxruntime", target: str | None = None) -> Runner:
+def load(directory: str | Path, backend: str = "onnxruntime", target: str | None = None,
+         threads: int | None = ALL_CORES) -> Runner:
     """A runner over one backend's artifact in DIR: `runner(**arrays) -> {output name: array}`."""
     directory = Path(directory)
     manifest = pipeline.read_manifest(directory)
-    target = targets.check_target(target or manifest["target"])
-    module = targets.backend(backend)
-    record = manifest["backends"].get(backend)
-    if record is None or not record.get("artifacts"):
-        why = record.get("reason") if record else "it was not selected at compile time"
-        raise UserError(f"{directory}: backend {backend!r} has no artifact ({why})")
-    if target != manifest["target"] and backend == "tvm":
-        raise UserError(f"{directory} was compiled for {manifest['target']}, not {target}: recompile with --target {target}")
-    reason = module.available(target) or getattr(module, "can_verify", lambda t: None)(target)
-    if reason:
-        raise UserError(f"backend {backend!r} cannot run on {target} here: {reason}")
-    return module.load(directory, manifest, target)
+    target = pipeline.check_target(directory, manifest, target)
+    return pipeline.load_runner(directory, manifest, backend, target, threads)
 
 
 def verify(
@@ -70,44 +63,43 @@ def verify(
     backends: Sequence[str] | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     progress: Progress = SILENT,
-) -> dict[str, Any]:
+    threads: int | None = ALL_CORES,
+) -> Manifest:
     """Verify a compiled DIR (its artifacts, against a reference rebuilt from the source) or a
     spec/model file (compiled into a temporary DIR first). Returns a manifest-shaped record."""
     source = Path(source)
     if not source.is_dir():
         with tempfile.TemporaryDirectory(prefix="rnnc-verify-") as tmp:
-            manifest, _ = compile(source, target or "cpu", backends, Path(tmp), shapes, None, progress)
+            manifest, _ = compile(source, target or "cpu", backends, Path(tmp), shapes, None, progress, threads)
             return manifest
     manifest, model = open_dir(source)
-    target = targets.check_target(target or manifest["target"])
-    if target != manifest["target"]:
-        raise UserError(f"{source} was compiled for {manifest['target']}, not {target}: recompile with --target {target}")
-    chosen = list(backends) if backends is not None else list(manifest["backends"])
+    target = pipeline.check_target(source, manifest, target)
+    chosen = list(backends) if backends is not None else list(manifest.backends)
+    records: dict[str, BackendRecord] = {}
     runners: dict[str, Runner] = {}
     for name in chosen:
         module = targets.backend(name)
-        record = manifest["backends"].get(name)
+        record = manifest.backends.get(name)
         if record is None:
-            manifest["backends"][name] = {"status": "skipped", "reason": "not compiled into this DIR",
-                                          "artifacts": [], "shapes": [], "verification": None}
+            records[name] = BackendRecord(status="skipped", reason="not compiled into this DIR")
             continue
-        if not record.get("artifacts"):
+        records[name] = record
+        if not record.artifacts:
             continue  # skipped (or failed) at compile time: keep that record and its reason
-        reason = module.available(target) or getattr(module, "can_verify", lambda t: None)(target)
-        if reason:
-            record.update(status="skipped", reason=reason, verification=None)
+        if reason := module.runnable(target):
+            records[name] = record.but(status="skipped", reason=reason, verification=None)
             continue
         try:
-            runners[name] = module.load(source, manifest, target)
+            runners[name] = module.load(source, manifest, target, threads)
         except Exception as err:  # noqa: BLE001 - a broken artifact is a failed backend
-            record.update(status="failed", reason=f"cannot load: {type(err).__name__}: {err}", verification=None)
-    manifest["backends"] = {n: manifest["backends"][n] for n in chosen}
-    results = verify_runners(model, runners, model.shapes, progress=progress)
-    pipeline.apply_verification(manifest, results)
-    return manifest
+            records[name] = record.but(status="failed", reason=f"cannot load: {type(err).__name__}: {err}",
+                                       verification=None)
+    manifest = manifest.with_backends(records)
+    return pipeline.apply_verification(manifest, verify_runners(model, runners, model.shapes, progress=progress))
 
 
-def run(directory: str | Path, backend: str, inputs: str | Path, out: str | Path | None = None) -> Path:
+def run(directory: str | Path, backend: str, inputs: str | Path, out: str | Path | None = None,
+        threads: int | None = ALL_CORES) -> Path:
     """Run one backend on the user's arrays (an .npz keyed by input name); write every output."""
     inputs = Path(inputs)
     if not inputs.is_file():
@@ -117,8 +109,19 @@ def run(directory: str | Path, backend: str, inputs: str | Path, out: str | Path
             arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError) as err:
         raise UserError(f"{inputs}: not a readable .npz file ({err})") from None
-    runner = load(directory, backend)
-    outputs = runner(**arrays)
+    outputs = load(directory, backend, threads=threads)(**arrays)
     out_path = Path(out) if out is not None else inputs.with_name(inputs.stem + f".{backend}.out.npz")
     np.savez(out_path, **outputs)
     return out_path
+
+
+def bench(source: str | Path, target: str = "cpu", backends: Sequence[str] | None = None, *,
+          render_report: bool = True, **options: Any) -> dict[str, Any]:
+    """`rnnc bench`: the sweep (`rnnc.bench.run_bench`, whose keyword options these are), then the
+    rendered report beside report.json. Returns the report with `exit_code` and `written`."""
+    report = run_bench(source, target, list(backends) if backends is not None else list(targets.names()),
+                       **options)
+    if render_report:
+        written = render(Path(report["report_path"]), None, Path(report["report_path"]).parent)
+        report["written"] += [str(p) for p in written]
+    return report

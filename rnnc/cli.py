@@ -6,12 +6,16 @@ This is the one place that prints, reads the environment and exits. Exit codes (
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rnnc.errors import UserError
 from rnnc.progress import Progress
+
+if TYPE_CHECKING:
+    from rnnc.records.manifest import Manifest
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,6 +157,12 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_cache() -> Path:
+    """Where TVM tuning records live between runs: $XDG_CACHE_HOME/rnnc/tvm-tune (~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rnnc" / "tvm-tune"
+
+
 def _compile(args: argparse.Namespace) -> int:
     from rnnc import api, targets
     from rnnc.pipeline import exit_code
@@ -161,7 +171,7 @@ def _compile(args: argparse.Namespace) -> int:
     if args.tune < 0:
         raise UserError(f"--tune: must be >= 0 seconds, got {args.tune}")
     manifest, out_dir = api.compile(args.spec, args.target, backends, args.out, _shapes(args),
-                                    {"tune_s": args.tune}, _progress())
+                                    {"tune_s": args.tune, "tune_cache": _tune_cache()}, _progress())
     print(_table(manifest))
     print(f"wrote {out_dir}/manifest.json")
     return exit_code(manifest)
@@ -178,16 +188,16 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rnnc import targets
-    from rnnc.bench import results_table, run_bench
-    from rnnc.bench.threads import DEFAULT
+    from rnnc import api, host, targets
+    from rnnc.reports.tables import results_table
 
     backends = targets.parse_backends(args.backends)
-    threads = {"all": DEFAULT, "default": None}.get(args.threads) if args.threads in ("all", "default") \
+    threads = {"all": host.cpu_count(), "default": None}.get(args.threads) if args.threads in ("all", "default") \
         else _int_list("--threads")(args.threads)[0]
-    report = run_bench(args.spec, args.target or "cpu", backends, args.seq_lens, args.batch_sizes,
-                       Path(args.out) if args.out else None, args.resume, args.check, _progress(),
-                       threads=threads, shapes=_shapes(args))
+    report = api.bench(args.spec, args.target or "cpu", backends, seq_lens=args.seq_lens,
+                       batch_sizes=args.batch_sizes, out_dir=Path(args.out) if args.out else None,
+                       resume=args.resume, check=args.check, progress=_progress(), threads=threads,
+                       shapes=_shapes(args))
     print(results_table(report))
     for path in report.get("written", []):
         print(f"wrote {path}")
@@ -222,19 +232,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(manifest: dict[str, Any]) -> str:
+def _table(manifest: Manifest) -> str:
     """The result table of compile and verify: one row per backend, worst errors over all shapes."""
     rows = [("backend", "status", "max_abs_err", "rel_err", "tolerance", "shapes", "build_s", "reason")]
-    for name, b in manifest["backends"].items():
-        v = b.get("verification") or {}
+    for name, b in manifest.backends.items():
+        v = b.verification
         fmt = lambda x: "-" if x is None else f"{x:.2e}"  # noqa: E731
-        rows.append((name, b["status"], fmt(v.get("max_abs_err")), fmt(v.get("rel_err")),
-                     fmt(v.get("tolerance")), str(len(b.get("shapes") or [])),
-                     f"{b['build_time_s']:.2f}" if "build_time_s" in b else "-", b.get("reason") or ""))
+        rows.append((name, b.status, fmt(v and v.max_abs_err), fmt(v and v.rel_err), fmt(v and v.tolerance),
+                     str(len(b.shapes)), "-" if b.build_time_s is None else f"{b.build_time_s:.2f}",
+                     b.reason or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    return f"{manifest['name']} on {manifest['target']}\n" + "\n".join(line.rstrip() for line in lines)
+    return f"{manifest.name} on {manifest.target}\n" + "\n".join(line.rstrip() for line in lines)
 
 
 if __name__ == "__main__":

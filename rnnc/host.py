@@ -64,3 +64,38 @@ def git_revision() -> str | None:
 
 def environment() -> dict[str, object]:
     return {"cpu": cpu(), "gpu": gpu(), "os": platform.platform(), "versions": versions(), "git": git_revision()}
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware): the default thread count of every runtime."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def memory_bytes() -> int:
+    """The machine's physical memory in bytes, capped by a cgroup memory limit; 0 when unknown.
+
+    Total memory, not MemAvailable: the limits that use it (`rnnc.graphs.limits`) refuse a spec
+    that cannot fit on this machine at all, and that answer must not change with what else happens
+    to run, or with how much page cache the kernel keeps at the moment. A container's cgroup limit
+    is the most this process can ever get, so it caps the figure.
+    """
+    total = 0
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        meminfo = Path("/proc/meminfo")
+        if meminfo.is_file():
+            for line in meminfo.read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    total = int(line.split()[1]) * 1024  # the kernel writes kB, meaning KiB
+    for limit in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        try:
+            value = int(limit.read_text().strip())  # v2 writes "max" when unlimited
+        except (OSError, ValueError):
+            continue
+        if 0 < value < (total or value + 1):
+            total = value
+    return max(total, 0)

@@ -1,25 +1,24 @@
-"""Compile: lower a `Model` to every selected backend, verify each, and write DIR/manifest.json."""
+"""Stage 4, compile: lower a `Model` to every selected backend, verify each, write DIR/manifest.json;
+and the way back: open a compiled DIR and load one backend's runner from it."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-import onnx
-
 from rnnc import host, targets
-from rnnc.verify import verify
+from rnnc.errors import Unsupported, UserError
+from rnnc.graphs import model_from_source
 from rnnc.graphs.model import Model
+from rnnc.graphs.onnx_export import save_onnx
 from rnnc.progress import SILENT, Progress
-from rnnc.errors import Unsupported
+from rnnc.records.manifest import MANIFEST, BackendRecord, Manifest, Verification, read_manifest, write_manifest
 from rnnc.targets.base import Runner
+from rnnc.verify import verify
 
-MANIFEST = "manifest.json"
-FORMAT = 1
+__all__ = ["MANIFEST", "compile_model", "exit_code", "load_runner", "open_dir", "read_manifest"]
 
 
 def compile_model(
@@ -29,86 +28,83 @@ def compile_model(
     out_dir: Path,
     progress: Progress = SILENT,
     options: dict[str, Any] | None = None,
-    source_path: Path | None = None,
-) -> dict[str, Any]:
-    """Build and verify every backend; a backend that cannot run is `skipped` with the reason."""
+    threads: int | None = None,
+) -> Manifest:
+    """Build and verify every backend; a backend that cannot run is `skipped` with the reason.
+
+    `threads`: the pool size every backend's runner is verified with (None: each runtime's own).
+    """
     options = options or {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    if source_path is not None and "file" in model.source:
-        if source_path.resolve() != (out_dir / model.source["file"]).resolve():
-            shutil.copyfile(source_path, out_dir / model.source["file"])
-    onnx.save(model.onnx, str(out_dir / "model.onnx"))
+    if model.origin is not None and "file" in model.source:  # what `verify DIR` rebuilds from
+        if model.origin.resolve() != (out_dir / model.source["file"]).resolve():
+            shutil.copyfile(model.origin, out_dir / model.source["file"])
+    save_onnx(model.onnx, out_dir / "model.onnx")  # the exported graph, whatever the backends
     manifest = new_manifest(model, target)
 
     runners: dict[str, Runner] = {}
     for i, name in enumerate(backends):
         progress.update(i, len(backends), f"build {name}")
-        record = manifest["backends"][name] = {"status": "skipped", "reason": None, "artifacts": [],
-                                              "shapes": [], "verification": None}
-        module = targets.backend(name)
-        reason = module.available(target)
-        if reason:
-            record["reason"] = reason
-            continue
-        started = time.perf_counter()
-        try:
-            record["artifacts"] = module.build(model, out_dir, target, options)
-            record["build_time_s"] = round(time.perf_counter() - started, 3)
-            record["artifact_bytes"] = _size(out_dir, record["artifacts"])
-            unverifiable = getattr(module, "can_verify", lambda t: None)(target)
-            if unverifiable:
-                record["reason"] = f"built but not verified: {unverifiable}"
-                continue
-            runners[name] = module.load(out_dir, manifest, target)
-            record["status"] = "ok"
-        except Unsupported as err:
-            record["reason"] = str(err)
-        except Exception as err:  # noqa: BLE001 - one backend's bug must not hide the others
-            record.update(status="failed", reason=f"{type(err).__name__}: {err}",
-                          traceback=traceback.format_exc(limit=8))
+        record, runner = _build(model, name, out_dir, target, options, manifest, threads)
+        manifest = manifest.with_backend(name, record)
+        if runner is not None:
+            runners[name] = runner
     progress.done()
-    _write_json(out_dir / MANIFEST, manifest)  # a record exists even if verification is interrupted
+    write_manifest(out_dir, manifest)  # a record exists even if verification is interrupted
 
-    results = verify(model, runners, model.shapes, progress=progress)
-    apply_verification(manifest, results)
-    _write_json(out_dir / MANIFEST, manifest)
+    manifest = apply_verification(manifest, verify(model, runners, model.shapes, progress=progress))
+    write_manifest(out_dir, manifest)
     return manifest
 
 
-def new_manifest(model: Model, target: str) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "name": model.name,
-        "spec": model.source.get("spec"),
-        "source": model.source,
-        "target": target,
-        "host": host.cpu(),
-        "versions": host.versions(),
-        "io": {"inputs": [_info(t) for t in model.inputs], "outputs": [_info(t) for t in model.outputs]},
-        "shapes": [list(s) for s in model.shapes],
-        "dtype": model.dtype,
-        "backends": {},
-    }
+def _build(model: Model, name: str, out_dir: Path, target: str, options: dict[str, Any], manifest: Manifest,
+           threads: int | None) -> tuple[BackendRecord, Runner | None]:
+    module = targets.backend(name)
+    skipped = BackendRecord(status="skipped", precision=manifest.precision)
+    if reason := module.available(target):
+        return skipped.but(reason=reason), None
+    started = time.perf_counter()
+    try:
+        artifacts = module.build(model, out_dir, target, options)
+        built = skipped.but(artifacts=tuple(artifacts), build_time_s=round(time.perf_counter() - started, 3),
+                            artifact_bytes=_size(out_dir, artifacts))
+        if reason := module.runnable(target):
+            return built.but(reason=f"built but not verified: {reason}"), None
+        runner = module.load(out_dir, manifest.with_backend(name, built), target, threads)
+        return built.but(status="ok"), runner
+    except Unsupported as err:
+        return skipped.but(reason=str(err)), None
+    except Exception as err:  # noqa: BLE001 - one backend's bug must not hide the others
+        return skipped.but(status="failed", reason=f"{type(err).__name__}: {err}",
+                           traceback=traceback.format_exc(limit=8)), None
 
 
-def apply_verification(manifest: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
-    """Store each backend's verification; a backend that does not agree is `failed`."""
+def new_manifest(model: Model, target: str) -> Manifest:
+    return Manifest(name=model.name, spec=model.source.get("spec"), source=model.source, target=target,
+                    host=host.cpu(), versions=host.versions(),
+                    io={"inputs": model.inputs, "outputs": model.outputs},
+                    shapes=tuple(tuple(s) for s in model.shapes), dtype=model.dtype)
+
+
+def apply_verification(manifest: Manifest, results: dict[str, Verification]) -> Manifest:
+    """Each backend's verification stored; a backend that does not agree is `failed`."""
+    backends = dict(manifest.backends)
     for name, result in results.items():
-        record = manifest["backends"][name]
-        record["shapes"] = result["shapes"]
-        record["verification"] = result
-        if not result["passed"]:
-            record["status"] = "failed"
-            record["reason"] = "; ".join(result["problems"][:3]) or (
-                f"not equivalent to the float64 reference: rel_err {result['rel_err']:.3g}"
-                f" > tolerance {result['tolerance']:g}")
+        if result.passed:
+            status, reason = "ok", None
         else:
-            record["status"], record["reason"] = "ok", None
+            status = "failed"
+            reason = "; ".join(result.problems[:3]) or (
+                f"not equivalent to the float64 reference: rel_err {result.rel_err:.3g}"
+                f" > tolerance {result.tolerance:g}")
+        backends[name] = backends[name].but(status=status, reason=reason, shapes=result.shapes,
+                                            verification=result)
+    return manifest.with_backends(backends)
 
 
-def exit_code(manifest: dict[str, Any]) -> int:
+def exit_code(manifest: Manifest) -> int:
     """0 all ran and agreed; 1 some backend failed; 3 nothing could run (SPEC section 2)."""
-    statuses = [b["status"] for b in manifest["backends"].values()]
+    statuses = [b.status for b in manifest.backends.values()]
     if any(s == "failed" for s in statuses):
         return 1
     if not statuses or all(s == "skipped" for s in statuses):
@@ -116,35 +112,38 @@ def exit_code(manifest: dict[str, Any]) -> int:
     return 0
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
-    from rnnc.errors import UserError
-
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise UserError(f"{directory}: not a compiled model directory (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "source" not in manifest:
-        raise UserError(f"{path}: not an rnnc manifest of format {FORMAT}")
-    return manifest
+def open_dir(directory: Path) -> tuple[Manifest, Model]:
+    """A compiled DIR's manifest and its model rebuilt from the recorded source (spec and seed)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    return manifest, model_from_source(manifest.source, directory)
 
 
-def _info(t: Any) -> dict[str, Any]:
-    return {"name": t.name, "dtype": t.dtype, "dims": list(t.dims), "high": t.high}
+def check_target(directory: Path, manifest: Manifest, target: str | None) -> str:
+    """The target to run DIR on: the one it was compiled for, or a `UserError`."""
+    target = targets.check_target(target or manifest.target)
+    if target != manifest.target:
+        raise UserError(f"{directory} was compiled for {manifest.target}, not {target}: "
+                        f"recompile with --target {target}")
+    return target
 
 
-def _size(out_dir: Path, artifacts: list[str]) -> int:
+def load_runner(directory: Path, manifest: Manifest, name: str, target: str, threads: int | None) -> Runner:
+    """Backend `name`'s runner over its artifacts in DIR; a `UserError` when it has none or cannot
+    run here (a broken artifact raises whatever its runtime raises)."""
+    module = targets.backend(name)
+    record = manifest.backends.get(name)
+    if record is None or not record.artifacts:
+        why = record.reason if record else "it was not selected at compile time"
+        raise UserError(f"{directory}: backend {name!r} has no artifact ({why})")
+    if reason := module.runnable(target):
+        raise UserError(f"backend {name!r} cannot run on {target} here: {reason}")
+    return module.load(Path(directory), manifest, target, threads)
+
+
+def _size(out_dir: Path, artifacts: Sequence[str]) -> int:
     total = 0
     for rel in artifacts:
         p = out_dir / rel
         total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
     return total
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically, so that a killed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Numerical equivalence of every backend against the float64 reference, on fresh random inputs.
+"""Stage 4: numerical equivalence of every backend against the float64 reference, on fresh inputs.
 
 Errors are normwise: `rel_err = max|y - ref| / max|ref|` per output and shape, the worst kept.
 Element-wise relative error is meaningless near zero (softmax tails, ReLU outputs); the
@@ -6,21 +6,28 @@ normwise one is what the tolerances of float32 arithmetic bound. Non-finite outp
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from rnnc.graphs.model import Arrays, Model
 from rnnc.progress import SILENT, Progress
+from rnnc.records.manifest import Errors, ShapeErrors, Verification
 from rnnc.targets.base import Runner
 
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 4e-2}
 
 
-def compare(outputs: Arrays, reference: Arrays) -> dict[str, Any]:
+def tolerance(dtype: str) -> float:
+    """The normwise relative error a backend running `dtype` arithmetic may reach and pass."""
+    return TOLERANCE.get(dtype, TOLERANCE["float32"])
+
+
+def compare(outputs: Arrays, reference: Arrays) -> Errors:
     """Worst absolute and normwise relative error over all outputs; names and shapes must match."""
     worst_abs, worst_rel, problems = 0.0, 0.0, []
     for name, ref in reference.items():
+        ref = np.asarray(ref, dtype=np.float64)
         if name not in outputs:
             problems.append(f"output {name!r} missing")
             continue
@@ -35,7 +42,16 @@ def compare(outputs: Arrays, reference: Arrays) -> dict[str, Any]:
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0
         worst_abs = max(worst_abs, abs_err)
         worst_rel = max(worst_rel, abs_err / scale if scale > 0 else abs_err)
-    return {"max_abs_err": worst_abs, "rel_err": worst_rel, "problems": problems}
+    return Errors(max_abs_err=worst_abs, rel_err=worst_rel, problems=tuple(problems))
+
+
+def judge(errors: Errors, limit: float) -> tuple[bool, str | None]:
+    """Whether errors pass `limit`, and why not."""
+    if errors.problems:
+        return False, "; ".join(errors.problems)
+    if errors.rel_err > limit:
+        return False, f"rel_err {errors.rel_err:.3g} > tolerance {limit:g} against the float64 reference"
+    return True, None
 
 
 def verify(
@@ -44,19 +60,15 @@ def verify(
     shapes: Sequence[tuple[int, int]],
     seed: int | None = None,
     progress: Progress = SILENT,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Verification]:
     """Run every backend and the reference on the same fresh inputs for each (batch, seq) shape.
 
     `seed` makes the inputs reproducible; by default it is drawn afresh and recorded.
     """
     seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
     rng = np.random.default_rng(seed)
-    tolerance = TOLERANCE.get(model.dtype, TOLERANCE["float32"])
-    results = {
-        name: {"max_abs_err": 0.0, "rel_err": 0.0, "passed": True, "tolerance": tolerance,
-               "inputs_seed": seed, "shapes": [], "per_shape": [], "problems": []}
-        for name in runners
-    }
+    limit = tolerance(model.dtype)
+    per_shape: dict[str, list[ShapeErrors]] = {name: [] for name in runners}
     total, done = len(shapes) * (len(runners) + 1), 0
     for batch, seq in shapes:
         inputs = model.random_inputs(batch, seq, rng)
@@ -65,24 +77,29 @@ def verify(
         done += 1
         for name, runner in runners.items():
             progress.update(done, total, f"verify {name} batch {batch} seq {seq}")
-            result = results[name]
             try:
-                errors = compare(runner(**inputs), reference)
+                e = compare(runner(**inputs), reference)
+                found = ShapeErrors(batch=batch, seq=seq, max_abs_err=e.max_abs_err, rel_err=e.rel_err,
+                                    problems=e.problems)
             except Exception as err:  # noqa: BLE001 - a backend crashing is a failed check, not ours
-                errors = {"max_abs_err": None, "rel_err": None,
-                          "problems": [f"batch {batch} seq {seq}: {type(err).__name__}: {err}"]}
+                found = ShapeErrors(batch=batch, seq=seq, max_abs_err=None, rel_err=None,
+                                    problems=(f"batch {batch} seq {seq}: {type(err).__name__}: {err}",))
+            per_shape[name].append(found)
             done += 1
-            result["shapes"].append([batch, seq])
-            result["per_shape"].append({"batch": batch, "seq": seq, **errors})
-            result["problems"] += errors["problems"]
-            for key in ("max_abs_err", "rel_err"):
-                if errors[key] is None:
-                    result[key] = None
-                elif result[key] is not None:
-                    result[key] = max(result[key], errors[key])
     progress.update(total, total, "verified")
     progress.done()
-    for result in results.values():
-        result["passed"] = not result["problems"] and result["rel_err"] is not None \
-            and result["rel_err"] <= tolerance
-    return results
+    return {name: summarize(found, limit, seed) for name, found in per_shape.items()}
+
+
+def summarize(per_shape: Sequence[ShapeErrors], limit: float, seed: int | None) -> Verification:
+    """The worst over every shape; an error that could not be measured (a crash) is None."""
+    def worst(key: str) -> float | None:
+        values = [getattr(s, key) for s in per_shape]
+        return None if any(v is None for v in values) else max(values, default=0.0)
+
+    problems = tuple(p for s in per_shape for p in s.problems)
+    rel = worst("rel_err")
+    return Verification(max_abs_err=worst("max_abs_err"), rel_err=rel,
+                        passed=not problems and rel is not None and rel <= limit, tolerance=limit,
+                        inputs_seed=seed, shapes=tuple((s.batch, s.seq) for s in per_shape),
+                        per_shape=tuple(per_shape), problems=problems)

@@ -10,6 +10,13 @@ import yaml
 from rnnc.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _no_cache_from_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI keeps TVM tuning records under $XDG_CACHE_HOME: in tests, a fresh empty one, so that
+    no record of the developer's machine decides what a test builds."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 def make_spec(**overrides: Any) -> dict[str, Any]:
     """A small valid spec; nested keys given as `rnn={...}` replace whole sections."""
     spec = {

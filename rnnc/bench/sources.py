@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from rnnc import pipeline
 from rnnc.errors import UserError
+from rnnc.graphs import load_model, load_spec
+from rnnc.graphs.model import Model
 from rnnc.progress import Progress
+from rnnc.records.manifest import MANIFEST, Manifest, read_manifest
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -25,13 +29,11 @@ class Source:
 
 def resolve_sources(path: Path) -> list[Source]:
     """A compiled DIR, a spec or model file, or a folder of specs (every *.yaml, sorted)."""
-    from rnnc.pipeline import MANIFEST, read_manifest
-
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
     if path.is_dir():
         if (path / MANIFEST).is_file():
-            return [Source(path, True, [tuple(s) for s in read_manifest(path)["shapes"]])]
+            return [Source(path, True, [tuple(s) for s in read_manifest(path).shapes])]
         specs = sorted(p for p in path.iterdir() if p.suffix.lower() in SPEC_SUFFIXES and p.is_file())
         if not specs:
             raise UserError(f"{path}: neither a compiled DIR (no manifest.json) nor a folder of specs (no *.yaml)")
@@ -53,7 +55,7 @@ def sweep_shapes(
     return [(b, s) for b in batches for s in seqs]
 
 
-def fingerprint(model: Any) -> str:
+def fingerprint(model: Model) -> str:
     """What makes two reports comparable: the spec without its default shapes, or the graph."""
     if model.source.get("kind") == "spec":
         spec = {k: v for k, v in model.source["spec"].items() if k != "shapes"}
@@ -65,8 +67,6 @@ def fingerprint(model: Any) -> str:
 
 def file_source(path: Path) -> Source:
     if path.suffix.lower() in SPEC_SUFFIXES:
-        from rnnc.graphs import load_spec
-
         spec = load_spec(path)  # a bad spec is refused here, before any work
         return Source(path, False, [(b, s) for b in spec.shapes.batch_sizes for s in spec.shapes.seq_lens])
     return Source(path, False, None)
@@ -78,36 +78,29 @@ def default_out(source: Path, sources: list[Source], target: str) -> Path:
     if source.is_dir():
         return Path("build") / f"{source.resolve().name}-{target}"
     if source.suffix.lower() in SPEC_SUFFIXES:
-        from rnnc.graphs import load_spec
-
         return Path("build") / f"{load_spec(source).name}-{target}"
     return Path("build") / f"{source.stem}-{target}"
 
 
 def open_source(src: Source, shapes: list[tuple[int, int]] | None, target: str, backends: list[str],
                 out_dir: Path, many: bool, resume: bool, progress: Progress,
-                input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[Any, dict[str, Any], Path]:
+                input_shapes: dict[str, tuple[int, ...]] | None = None,
+                threads: int | None = None) -> tuple[Model, Manifest, Path]:
     """The model, its manifest and its compiled DIR: opened when given, else compiled (or, under
     --resume, reused from a previous run into the same --out when the spec is unchanged)."""
-    from rnnc import api
-    from rnnc.pipeline import MANIFEST, compile_model
-    from rnnc.graphs import load_model
-
     if src.compiled:
-        manifest, model = api.open_dir(src.path)
-        if manifest["target"] != target:
-            raise UserError(f"{src.path} was compiled for {manifest['target']}, not {target}: "
-                            f"recompile with --target {target}")
+        manifest, model = pipeline.open_dir(src.path)
+        pipeline.check_target(src.path, manifest, target)
         return model, manifest, src.path
     model = load_model(src.path, input_shapes)
     if shapes is not None:
         model.shapes = list(shapes)  # build (TVM: one library per shape) and verify what is benched
     model_dir = out_dir / model.name if many else out_dir
     if resume and (model_dir / MANIFEST).is_file():
-        manifest, old = api.open_dir(model_dir)
-        built = {tuple(x) for x in manifest.get("shapes", [])}
-        if manifest["target"] == target and fingerprint(old) == fingerprint(model) \
-                and all(b in manifest["backends"] for b in backends) and built >= set(model.shapes):
+        manifest, old = pipeline.open_dir(model_dir)
+        built = {tuple(x) for x in manifest.shapes}
+        if manifest.target == target and fingerprint(old) == fingerprint(model) \
+                and all(b in manifest.backends for b in backends) and built >= set(model.shapes):
             return old, manifest, model_dir
-    manifest = compile_model(model, target, backends, model_dir, progress, None, src.path)
+    manifest = pipeline.compile_model(model, target, backends, model_dir, progress, None, threads)
     return model, manifest, model_dir

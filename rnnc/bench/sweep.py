@@ -14,15 +14,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rnnc import host, targets
-from rnnc import stats
+from rnnc import host, stats, targets
 from rnnc.bench import measure
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
 from rnnc.bench.sources import Source, default_out, fingerprint, open_source, resolve_sources, sweep_shapes
 from rnnc.errors import UserError
+from rnnc.graphs.model import Model
 from rnnc.progress import SILENT, Progress
-from rnnc.reports import schema
+from rnnc.records import report as schema
+from rnnc.records.manifest import Manifest
+from rnnc.records.report import Row
+from rnnc.verify import compare, judge, tolerance
 
 REPORT = "report.json"
 
@@ -31,22 +34,22 @@ def run_bench(
     source: str | Path,
     target: str,
     backends: list[str],
-    seq_lens: list[int] | None,
-    batch_sizes: list[int] | None,
-    out_dir: Path | None,
-    resume: bool,
-    check: bool,
+    seq_lens: list[int] | None = None,
+    batch_sizes: list[int] | None = None,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    check: bool = False,
     progress: Progress = SILENT,
     *,
     settings: measure.Settings | None = None,
     extra_work: dict[str, float] | None = None,
     seed: int = 0,
-    render: bool = True,
     threads: int | None = runtime_threads.DEFAULT,
     shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, Any]:
     """Bench a spec, a model file, a compiled DIR or a folder of specs; returns the report with
-    `exit_code` added (0 ok; 1 a backend failed or was wrong under `check`; 3 nothing ran).
+    `exit_code`, `report_path` and `written` added (0 ok; 1 a backend failed or was wrong under
+    `check`; 3 nothing ran). Rendering the report is the caller's (`rnnc.api.bench`).
 
     `threads` limits every runtime to that many threads (default: every core; None: each
     runtime's own default); see `rnnc.bench.threads`. `extra_work` is TEST-ONLY (see `measure.with_extra_work`):
@@ -61,17 +64,13 @@ def run_bench(
     settings = settings or measure.Settings()
     sources = resolve_sources(Path(source))
     out_dir = Path(out_dir) if out_dir is not None else default_out(Path(source), sources, target)
-    with runtime_threads.limited(threads) as in_force:
+    in_force = runtime_threads.in_force(threads)
+    with runtime_threads.kept_torch_threads():
         report = _start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force)
         _sweep_all(report, out_dir / REPORT, sources, target, backends, seq_lens, batch_sizes, settings, check,
                    resume, extra_work or {}, seed, progress, threads, shapes)
-    written = []
-    if render:
-        from rnnc.reports import render as render_report
-
-        written = render_report(out_dir / REPORT, None, out_dir)
     return dict(report, exit_code=exit_code(report), report_path=str(out_dir / REPORT),
-                written=[str(out_dir / REPORT)] + [str(p) for p in written])
+                written=[str(out_dir / REPORT)])
 
 
 def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source], target: str,
@@ -84,7 +83,7 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
     for src, shapes in plans:
         bar.show(f"{src.path.name}: compiling")
         model, manifest, model_dir = open_source(src, shapes, target, backends, out_dir, len(sources) > 1,
-                                                 resume, bar.child(), input_shapes)
+                                                 resume, bar.child(), input_shapes, threads)
         if shapes is None:
             shapes = sweep_shapes(model.shapes, seq_lens, batch_sizes)
             bar.grow(len(shapes) * len(backends))
@@ -129,7 +128,7 @@ def _start_report(path: Path, resume: bool, target: str, settings: measure.Setti
                   extra: dict[str, float] | None, threads: int | None, in_force: dict[str, Any]) -> dict[str, Any]:
     record = dict(asdict(settings), check=check, threads=threads)
     if resume and path.exists():
-        report = schema.load(path)
+        report = schema.load_report(path)
         if report.get("kind") != "rnnc":
             raise UserError(f"{path}: --resume needs an rnnc report, not a {report.get('kind')} one")
         if report["target"] != target:
@@ -157,7 +156,7 @@ def _relative(path: Path, start: Path) -> str:
         return str(path)
 
 
-def _record_model(report: dict[str, Any], model: Any, manifest: dict[str, Any], model_dir: Path,
+def _record_model(report: dict[str, Any], model: Model, manifest: Manifest, model_dir: Path,
                   path: Path, report_dir: Path) -> None:
     fp = fingerprint(model)
     previous = report["models"].get(model.name)
@@ -165,16 +164,18 @@ def _record_model(report: dict[str, Any], model: Any, manifest: dict[str, Any], 
         raise UserError(f"model {model.name!r} from {path} differs from the one already in the report "
                         f"(from {previous.get('source')}): use another --out, or rename one of them")
     build = {}
-    for name, b in manifest["backends"].items():
-        build[name] = {k: b.get(k) for k in ("status", "reason", "build_time_s", "artifact_bytes")}
-        build[name]["rel_err"] = (b.get("verification") or {}).get("rel_err")
+    order = {name: i for i, name in enumerate(targets.names())}
+    for name, b in sorted(manifest.backends.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])):
+        build[name] = {"status": b.status, "reason": b.reason, "build_time_s": b.build_time_s,
+                       "artifact_bytes": b.artifact_bytes, "precision": b.precision,
+                       "rel_err": b.verification.rel_err if b.verification else None}
     report["models"][model.name] = {
         "fingerprint": fp, "source": str(path), "dir": _relative(model_dir, report_dir),
-        "spec": model.source.get("spec"), "io": manifest.get("io"), "backends": build,
+        "spec": model.source.get("spec"), "io": manifest.io.model_dump(mode="json"), "backends": build,
     }
 
 
-def _sweep_model(report: dict[str, Any], report_path: Path, model: Any, manifest: dict[str, Any],
+def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manifest: Manifest,
                  model_dir: Path, target: str, backends: list[str], shapes: list[tuple[int, int]],
                  settings: measure.Settings, check: bool, extra_work: dict[str, float], seed: int,
                  bar: SweepProgress, threads: int | None) -> None:
@@ -184,15 +185,14 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Any, manifest
     needed = {n for names in todo.values() for n in names}
     runners, not_run = {}, {}
     for name in backends:
-        record = manifest["backends"].get(name)
+        record = manifest.backends.get(name)
         if record is None:
             not_run[name] = ("skipped", f"not compiled into {model_dir}")
-        elif record["status"] != "ok":
-            not_run[name] = (record["status"], record.get("reason") or record["status"])
+        elif record.status != "ok":
+            not_run[name] = (record.status, record.reason or record.status)
         elif name in needed:
             try:
-                runners[name] = runtime_threads.load(targets.backend(name).load, name, threads, model_dir,
-                                                     manifest, target)
+                runners[name] = targets.backend(name).load(model_dir, manifest, target, threads)
             except Exception as err:  # noqa: BLE001 - a broken artifact is that backend's failed row
                 not_run[name] = ("failed", f"cannot load: {type(err).__name__}: {err}")
     calibration = measure.calibration_workload()
@@ -204,17 +204,18 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Any, manifest
         rows = [_not_run_row(model.name, n, batch, seq, *not_run[n]) for n in names if n in not_run]
         rows += _measure_shape(model, {n: runners[n] for n in names if n in runners}, batch, seq, settings,
                                check, extra_work, seed, calibration, report)
-        report["rows"] += rows
+        report["rows"] += [_with_precision(r, manifest).to_json() for r in rows]
         report["rows"].sort(key=_row_order(report))
         schema.write_atomic(report_path, report)
         bar.measured(len(names), time.perf_counter() - started)
     bar.show(f"{model.name} done")
 
 
-def _measure_shape(model: Any, runners: dict[str, Any], batch: int, seq: int, settings: measure.Settings,
+def _measure_shape(model: Model, runners: dict[str, Any], batch: int, seq: int, settings: measure.Settings,
                    check: bool, extra_work: dict[str, float], seed: int, calibration: measure.TimeFunc,
-                   report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows for one (batch, seq): every runner checked (under --check) and timed on the same inputs."""
+                   report: dict[str, Any]) -> list[Row]:
+    """Rows for one (batch, seq): every runner's bound call checked (under --check) and timed, on
+    the same inputs: what is checked is exactly what is timed."""
     if not runners:
         return []
     inputs = model.random_inputs(batch, seq, np.random.default_rng([seed, batch, seq]))
@@ -224,15 +225,15 @@ def _measure_shape(model: Any, runners: dict[str, Any], batch: int, seq: int, se
         reference = {k: np.asarray(v, dtype=np.float64) for k, v in model.reference64(inputs).items()}
     for name, runner in runners.items():
         try:
+            call = runner.bind(**inputs)
+            outputs = call()  # a backend that cannot run this shape fails here, not in the rounds
             if reference is not None:
-                checks[name] = _check(runner(**inputs), reference, model.dtype)
+                checks[name] = _check(outputs, reference, model.dtype)
                 if not checks[name]["passed"]:
-                    rows.append(dict(_not_run_row(model.name, name, batch, seq, "failed", checks[name]["reason"]),
-                                     check=checks[name]))
+                    rows.append(_not_run_row(model.name, name, batch, seq, "failed", checks[name]["reason"],
+                                             check=checks[name]))
                     continue
-            call = measure.with_extra_work(runner.bind(**inputs), extra_work.get(name, 0.0))
-            call()  # a backend that cannot run this shape fails here, not inside the interleaved rounds
-            funcs[name] = measure.time_calls(call)
+            funcs[name] = measure.time_calls(measure.with_extra_work(call, extra_work.get(name, 0.0)))
         except Exception as err:  # noqa: BLE001 - one backend's crash is its failed row, not the sweep's
             rows.append(_not_run_row(model.name, name, batch, seq, "failed", f"{type(err).__name__}: {err}"))
     if not funcs:
@@ -245,19 +246,15 @@ def _measure_shape(model: Any, runners: dict[str, Any], batch: int, seq: int, se
 
 
 def _check(outputs: dict[str, Any], reference: dict[str, np.ndarray], dtype: str) -> dict[str, Any]:
-    from rnnc.verify import TOLERANCE, compare
-
-    tolerance = TOLERANCE.get(dtype, TOLERANCE["float32"])
+    limit = tolerance(dtype)
     errors = compare(outputs, reference)
-    passed = not errors["problems"] and errors["rel_err"] <= tolerance
-    reason = "; ".join(errors["problems"]) or (
-        f"--check: rel_err {errors['rel_err']:.3g} > tolerance {tolerance:g} against the float64 reference")
-    return {"max_abs_err": errors["max_abs_err"], "rel_err": errors["rel_err"], "tolerance": tolerance,
-            "passed": passed, "reason": None if passed else reason}
+    passed, why = judge(errors, limit)
+    return {"max_abs_err": errors.max_abs_err, "rel_err": errors.rel_err, "tolerance": limit,
+            "passed": passed, "reason": None if passed else f"--check: {why}"}
 
 
 def _timed_row(model: str, backend: str, batch: int, seq: int, m: measure.Measurement,
-               settings: measure.Settings, check: dict[str, Any] | None, extra: float | None) -> dict[str, Any]:
+               settings: measure.Settings, check: dict[str, Any] | None, extra: float | None) -> Row:
     samples, warnings = m.samples_ms, []
     if len(samples) < min(measure.MIN_COUNT_FLOOR, settings.min_count):
         samples = m.samples_ms + m.preempted_ms
@@ -270,23 +267,26 @@ def _timed_row(model: str, backend: str, batch: int, seq: int, m: measure.Measur
         warnings.append(f"cv {summary['cv']:.1%} > {settings.cv_warn:.0%}: spread too high to trust")
     if len(samples) < settings.min_count:
         warnings.append(f"only {len(samples)} samples: the row ran past {settings.max_row_s:g}s")
-    row = {
-        "model": model, "backend": backend, "batch_size": batch, "seq_len": seq, "status": "ok",
-        "samples_ms": [round(v, 6) for v in samples],
-        "preempted_ms": [round(v, 6) for v in m.preempted_ms],
+    return Row(
+        model=model, backend=backend, batch_size=batch, seq_len=seq, status="ok",
+        samples_ms=[round(v, 6) for v in samples],
+        preempted_ms=[round(v, 6) for v in m.preempted_ms],
         **{k: round(v, 6) for k, v in summary.items()},
         **{k: round(v, 3) for k, v in stats.throughput(summary["median_ms"], batch, seq).items()},
-        "loops": m.loops, "warmup_calls": len(m.warmup_ms), "first_call_ms": round(m.warmup_ms[0], 6),
-        "warning": "; ".join(warnings) or None, "check": check,
-    }
-    if extra:
-        row["test_extra_work"] = extra
-    return row
+        loops=m.loops, warmup_calls=len(m.warmup_ms), first_call_ms=round(m.warmup_ms[0], 6),
+        warning="; ".join(warnings) or None, check=check, test_extra_work=extra or None,
+    )
 
 
-def _not_run_row(model: str, backend: str, batch: int, seq: int, status: str, reason: str) -> dict[str, Any]:
-    return {"model": model, "backend": backend, "batch_size": batch, "seq_len": seq, "status": status,
-            "reason": reason}
+def _not_run_row(model: str, backend: str, batch: int, seq: int, status: str, reason: str,
+                 check: dict[str, Any] | None = None) -> Row:
+    return Row(model=model, backend=backend, batch_size=batch, seq_len=seq, status=status, reason=reason,
+               check=check)
+
+
+def _with_precision(row: Row, manifest: Manifest) -> Row:
+    record = manifest.backends.get(row.backend)
+    return row.model_copy(update={"precision": record.precision if record else manifest.precision})
 
 
 def _add_calibration(report: dict[str, Any], samples: list[float]) -> None:

@@ -68,7 +68,9 @@ def model_from_onnx(path: str | Path, shapes: dict[str, Any] | None = None) -> M
     name = model_name(path, "onnx-model")
     source = {"kind": "onnx", "file": SOURCE_FILE, "name": name,
               "shapes": {k: list(v) for k, v in shapes.items()} or None}
-    return imported_model(proto, shapes, name, source, reference.float64_reference(proto))
+    model = imported_model(proto, shapes, name, source, reference.float64_reference(proto))
+    model.origin = path
+    return model
 
 
 def imported_model(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rnnc.graphs.limits import check_limits
 from rnnc.graphs.onnx_export import export_onnx
 from rnnc.graphs.model import Arrays, Model, TensorInfo
 from rnnc.graphs.spec import ModelSpec
@@ -12,6 +13,7 @@ from rnnc.graphs.torch_model import TORCH_DTYPES, build_torch_model
 
 def model_from_spec(spec: ModelSpec) -> Model:
     """Everything later stages need, rebuilt from the spec alone (the seed fixes the weights)."""
+    check_limits(spec)  # before any allocation: a spec too big for this machine is refused
     module = build_torch_model(spec)
     onnx_model = export_onnx(module, spec)  # the float32 IR, whatever the spec's dtype
     module = module.to(TORCH_DTYPES[spec.dtype])

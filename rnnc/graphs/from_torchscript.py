@@ -70,6 +70,7 @@ def model_from_torchscript(path: str | Path, shapes: dict[str, Any] | None = Non
               "shapes": {k: list(v) for k, v in shapes.items()}}
     model = imported_model(proto, shapes, name, source, reference64)
     model.extra["reference"] = how
+    model.origin = path
     return model
 
 

@@ -7,30 +7,17 @@ file), never from an artifact under test.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+from rnnc.records.manifest import TensorInfo
 
 if TYPE_CHECKING:
     import onnx
 
-Dim = Union[int, str]  # a fixed size, or a symbolic axis such as "batch" or "seq"
 Arrays = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A named model input or output. `high` bounds integer inputs (token ids are < high)."""
-
-    name: str
-    dtype: str  # numpy dtype name: "int64", "float32"
-    dims: tuple[Dim, ...]
-    high: int | None = None
-
-    def shape(self, batch: int, seq: int) -> tuple[int, ...]:
-        """Concrete shape for a batch size and sequence length (symbolic axes by name)."""
-        sizes = {"batch": batch, "seq": seq}
-        return tuple(d if isinstance(d, int) else sizes[d] for d in self.dims)
 
 
 @dataclass
@@ -47,6 +34,7 @@ class Model:
     torch_module: Any = None  # float32 torch.nn.Module when there is an eager one
     spec: Any = None  # the ModelSpec when the model came from a YAML spec
     dtype: str = "float32"
+    origin: Path | None = None  # the user's file a model was imported from (None for a spec)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -6,6 +6,9 @@ gate order converted from PyTorch's to ONNX's, and GRU with `linear_before_reset
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -127,3 +130,13 @@ class _Builder:
     def node(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    """Write `proto` to `path` atomically; an identical file already there is kept as it is."""
+    data = proto.SerializeToString()
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -10,8 +10,6 @@ from typing import Any
 
 from rnnc.reports import schema
 
-_ORDER = {"torch": 0, "torchscript": 1, "onnxruntime": 2, "tvm": 3}
-
 
 @dataclass(frozen=True)
 class Block:
@@ -87,7 +85,7 @@ def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, i
     if build:
         rows = tuple((b, str(v.get("status")), _f(v.get("build_time_s"), "{:.2f}"), _bytes(v.get("artifact_bytes")),
                       _f(v.get("rel_err"), "{:.1e}"), v.get("reason") or "")
-                     for b, v in sorted(build.items(), key=lambda kv: _ORDER.get(kv[0], 99)))
+                     for b, v in build.items())  # in table order, as the bench wrote them
         blocks.append(Block("table", header=("backend", "status", "build s", "artifact", "rel err", "reason"),
                             rows=rows, right=(2, 3, 4)))
     rows = [r for r in report["rows"] if r["model"] == name]

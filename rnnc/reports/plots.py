@@ -15,7 +15,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 _COLORS = {"torch": "#1f77b4", "torchscript": "#ff7f0e", "onnxruntime": "#2ca02c", "tvm": "#d62728"}
-_ORDER = {"torch": 0, "torchscript": 1, "onnxruntime": 2, "tvm": 3}
 
 
 def _series(rows: list[dict[str, Any]], backend: str, batch: int) -> list[dict[str, Any]]:
@@ -31,7 +30,7 @@ def plot_model(report: dict[str, Any], model: str, path: Path, baseline: dict[st
         return None
     base_rows = [r for r in (baseline or {}).get("rows", []) if r["model"] == model]
     batches = sorted({r["batch_size"] for r in ok})
-    backends = sorted({r["backend"] for r in ok}, key=lambda b: (_ORDER.get(b, 99), b))
+    backends = list(dict.fromkeys(r["backend"] for r in ok))  # the report's rows are in table order
     seqs = sorted({r["seq_len"] for r in ok})
     legend_in = 2.4 if base_rows else 1.6  # room for the legend, right of the panels
     fig, axes = plt.subplots(2, len(batches), figsize=(4.2 * len(batches) + legend_in, 6.6), squeeze=False,

@@ -1,112 +1,28 @@
-"""The report format: its version, validation, atomic writing, and reading foreign results.
+"""Reading results: rnnc's own report.json (`rnnc.records.report`) or pytest-benchmark's JSON.
 
-`report.json` carries `format` and `version`; a file that is missing, not JSON, of another
-format or of a version this rnnc cannot read is a `UserError` (one line, exit 2), never a
-traceback. pytest-benchmark's JSON (`pytest bench/ --benchmark-json=FILE`) is read too and
-mapped onto the same rows, so the gate and the renderer take either.
+pytest-benchmark's JSON (`pytest bench/ --benchmark-json=FILE`) is mapped onto the same rows, so the
+gate and the renderer take either. A file that is missing, not JSON, of another format or of a
+version this rnnc cannot read is a `UserError` (one line, exit 2), never a traceback.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
 from typing import Any
 
+from rnnc.stats import percentile
 from rnnc.errors import UserError
+from rnnc.records.report import RowKey, checked, new_report, read_json, row_key, upgrade
 
-FORMAT = "rnnc-bench-report"
-VERSION = 1
-RowKey = tuple[str, str, int, int]  # model, backend, batch size, sequence length
-
-TIMED_KEYS = ("samples_ms", "median_ms", "iqr_ms", "p90_ms", "p99_ms", "sequences_per_s", "tokens_per_s")
-STATUSES = ("ok", "skipped", "failed")
-
-
-def row_key(row: dict[str, Any]) -> RowKey:
-    return (str(row["model"]), str(row["backend"]), int(row["batch_size"]), int(row["seq_len"]))
-
-
-def new_report(target: str, environment: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": "rnnc",
-        "target": target,
-        "environment": environment,
-        "settings": settings,
-        "calibration": {"workload": None, "samples_ms": []},
-        "models": {},
-        "rows": [],
-        "finished": False,
-    }
-
-
-def validate(report: Any) -> list[str]:
-    """Every problem with a report's structure, one line each (empty when it is valid)."""
-    if not isinstance(report, dict):
-        return ["not a JSON object"]
-    problems = []
-    if report.get("format") != FORMAT:
-        return [f"not an rnnc bench report (format {report.get('format')!r}, expected {FORMAT!r})"]
-    if report.get("version") != VERSION:
-        return [f"report version {report.get('version')!r} is not one this rnnc reads (version {VERSION})"]
-    for key, kind in (("models", dict), ("rows", list), ("calibration", dict), ("target", str)):
-        if not isinstance(report.get(key), kind):
-            problems.append(f"{key}: missing or not a {kind.__name__}")
-    if problems:
-        return problems
-    for i, row in enumerate(report["rows"]):
-        where = f"rows[{i}]"
-        if not isinstance(row, dict):
-            problems.append(f"{where}: not an object")
-            continue
-        missing = [k for k in ("model", "backend", "batch_size", "seq_len", "status") if k not in row]
-        if missing:
-            problems.append(f"{where}: missing {', '.join(missing)}")
-            continue
-        if row["status"] not in STATUSES:
-            problems.append(f"{where}: status {row['status']!r} is not one of {', '.join(STATUSES)}")
-        elif row["status"] == "ok":
-            absent = [k for k in TIMED_KEYS if k not in row]
-            if absent:
-                problems.append(f"{where}: a row that ran needs {', '.join(absent)}")
-            elif not row["samples_ms"] or not all(_finite(v) and v > 0 for v in row["samples_ms"]):
-                problems.append(f"{where}: samples_ms must be a non-empty list of positive numbers")
-        elif not row.get("reason"):
-            problems.append(f"{where}: a row that did not run needs a reason")
-        if row["model"] not in report["models"]:
-            problems.append(f"{where}: model {row['model']!r} is not in models")
-    return problems
+__all__ = ["RowKey", "from_pytest_benchmark", "load", "row_key"]
 
 
 def load(path: Path) -> dict[str, Any]:
-    """An rnnc report or a pytest-benchmark JSON, as an rnnc-shaped report (validated)."""
+    """An rnnc report or a pytest-benchmark JSON, as an rnnc-shaped report (upgraded, validated)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such report file")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
+    data = read_json(path)
     if isinstance(data, dict) and "benchmarks" in data and "format" not in data:
         data = from_pytest_benchmark(data, path)
-    problems = validate(data)
-    if problems:
-        raise UserError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return data
-
-
-def write_atomic(path: Path, report: dict[str, Any]) -> None:
-    """Write through a temporary file and a rename, so a killed run never leaves half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return checked(upgrade(data), path)
 
 
 def from_pytest_benchmark(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -160,10 +76,5 @@ def from_pytest_benchmark(data: dict[str, Any], path: Path) -> dict[str, Any]:
 def _pct(samples: list[float], q: float, default: float) -> float:
     if not samples:
         return default
-    from rnnc.stats import percentile
-
     return percentile(samples, q)
 
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

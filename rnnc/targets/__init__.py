@@ -1,37 +1,39 @@
-"""Stage 3: one module per backend, found by its name; all expose the functions of `base`."""
+"""Stage 3, artifacts: one module per backend, found by its name; each fills in the contract of
+`base` (ORDER, available, runnable, build, load)."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from functools import cache
 from types import ModuleType
 
 from rnnc.errors import UserError
-from rnnc.targets.base import TARGETS, Runner, Unsupported
+from rnnc.targets.base import TARGETS, Runner
 
-__all__ = ["TARGETS", "Runner", "Unsupported", "backend", "names", "parse_backends"]
+__all__ = ["TARGETS", "Runner", "backend", "check_target", "names", "parse_backends"]
 
 
-def names() -> list[str]:
-    """Every backend, in table order (the reference first)."""
+@cache
+def names() -> tuple[str, ...]:
+    """Every backend, in table order (each module's ORDER: the reference first)."""
     found = [m.name for m in pkgutil.iter_modules(__path__) if m.name != "base" and not m.name.startswith("_")]
-    return sorted(found, key=lambda n: (_ORDER.get(n, 99), n))
-
-
-_ORDER = {"torch": 0, "torchscript": 1, "onnxruntime": 2, "tvm": 3}
+    return tuple(sorted(found, key=lambda n: (importlib.import_module(f"{__name__}.{n}").ORDER, n)))
 
 
 def backend(name: str) -> ModuleType:
     """The module of one backend."""
     if name not in names():
         raise UserError(f"unknown backend {name!r}: choose from {', '.join(names())} or all")
-    return importlib.import_module(f"rnnc.targets.{name}")
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def parse_backends(text: str | None) -> list[str]:
     """`all` or a comma list, checked against the backends that exist."""
     if text is None or text.strip() in ("", "all"):
-        return names()
+        return list(names())
     chosen = [t.strip() for t in text.split(",") if t.strip()]
+    if not chosen:
+        raise UserError("--backends: no backend selected")
     bad = [t for t in chosen if t not in names()]
     if bad:
         raise UserError(f"--backends: unknown backend {', '.join(map(repr, bad))}: choose from {', '.join(names())} or all")

@@ -1,63 +1,59 @@
-"""The contract every backend module in `rnnc/targets/` fills in.
+"""The contract every backend module in `rnnc/targets/` fills in, and the runner they return.
 
-A backend is one module named after it, exposing:
+A backend is one module named after it. It declares, at module level and nothing else:
 
-    ORDER: int                                   # where it stands in tables (torch first)
-    available(target: str) -> str | None         # None when it can run, else why not
-    build(model, out_dir, target, options) -> list[str]   # artifacts written, relative to out_dir
-    load(out_dir, manifest, target) -> Runner
+    ORDER: int                                    # where it stands in tables (the reference first)
+    available(target: str) -> str | None          # None when it can build here, else why not
+    runnable(target: str) -> str | None           # None when what it builds can also run here
+    build(model, out_dir, target, options) -> list[str]   # writes its own artifacts, relative paths
+    load(out_dir, manifest, target, threads) -> Runner    # threads: its pool size (None: its default)
 
-`build` raises `Unsupported` for a model it cannot take (the backend is then `skipped` with the
-reason); any other exception marks it `failed`.
+`build` reads nothing that another step left in DIR: it writes every file it lists. It raises
+`Unsupported` for a model it cannot take (the backend is then `skipped` with the reason); any
+other exception marks it `failed`. A backend that builds but cannot run here (TVM for CUDA on a
+machine without a GPU) answers `runnable` with the reason, and is recorded "built but not verified".
+`tests/targets/test_contract.py` checks every module against this list.
+
+A runner's one primitive is `bind(**arrays)`: the inputs are checked (`graphs.inputs`), converted
+and made resident where the backend runs them; the returned call runs the model and returns every
+output on the host as numpy. `runner(**arrays)` is `runner.bind(**arrays)()`, so what `verify`
+and `bench --check` check is exactly what the bench times.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rnnc.errors import Unsupported, UserError
+from rnnc.graphs.inputs import check_inputs
+from rnnc.records.manifest import Manifest, TensorInfo
 
 Arrays = dict[str, np.ndarray]
+Call = Callable[[], Arrays]
 TARGETS = ("cpu", "cuda")
-
+CONTRACT = ("ORDER", "available", "runnable", "build", "load")
 
 
 class Runner:
-    """Named arrays in, named arrays out. Subclasses implement `_run` (and may override `bind`)."""
+    """Named arrays in, named arrays out. A backend implements `_prepare`: checked host arrays
+    in, a call that runs the model and returns numpy outputs by name."""
 
-    def __init__(self, input_names: Sequence[str], output_names: Sequence[str], input_dtypes: Sequence[str]):
-        self.input_names = list(input_names)
+    def __init__(self, inputs: Sequence[TensorInfo], output_names: Sequence[str]) -> None:
+        self.inputs = tuple(inputs)
+        self.input_names = [t.name for t in self.inputs]
         self.output_names = list(output_names)
-        self.input_dtypes = dict(zip(self.input_names, input_dtypes))
 
-    def __call__(self, **arrays: np.ndarray) -> Arrays:
-        return self._run(self.check_inputs(arrays))
+    def __call__(self, **arrays: Any) -> Arrays:
+        return self.bind(**arrays)()
 
-    def bind(self, **arrays: np.ndarray) -> Callable[[], object]:
-        """A call with its inputs already converted, for timing the model and not the conversion."""
-        checked = self.check_inputs(arrays)
-        return lambda: self._run(checked)
+    def bind(self, **arrays: Any) -> Call:
+        """The model's call on these inputs, checked and resident: time it, call it again."""
+        return self._prepare(check_inputs(self.inputs, arrays))
 
-    def check_inputs(self, arrays: dict[str, np.ndarray]) -> Arrays:
-        missing = [n for n in self.input_names if n not in arrays]
-        unknown = [n for n in arrays if n not in self.input_dtypes]
-        if missing or unknown:
-            raise UserError(
-                f"inputs {sorted(arrays)} do not match the model's inputs {self.input_names}"
-                + (f": missing {missing}" if missing else "")
-                + (f": unknown {unknown}" if unknown else "")
-            )
-        checked = {}
-        for name, dtype in self.input_dtypes.items():
-            a = np.asarray(arrays[name])
-            want = np.dtype(dtype)
-            if a.dtype != want:
-                if want.kind in "iu" and a.dtype.kind not in "iu":
-                    raise UserError(f"input {name!r}: expected integer ids ({dtype}), got {a.dtype}")
-                a = a.astype(want)
-            checked[name] = np.ascontiguousarray(a)
-        return checked
-
-    def _run(self, arrays: Arrays) -> Arrays:
+    def _prepare(self, arrays: Arrays) -> Call:
         raise NotImplementedError
+
+
+def manifest_io(manifest: Manifest) -> tuple[tuple[TensorInfo, ...], list[str]]:
+    """The model's inputs and output names, as every runner takes them."""
+    return manifest.io.inputs, [t.name for t in manifest.io.outputs]

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-
+from rnnc.errors import Unsupported
 from rnnc.graphs.model import Model
-from rnnc.targets.base import Arrays, Runner, Unsupported
+from rnnc.graphs.onnx_export import save_onnx
+from rnnc.records.manifest import Manifest
+from rnnc.targets.base import Arrays, Call, Runner, manifest_io
 
+ORDER = 2
 ARTIFACT = "model.onnx"
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -23,41 +25,36 @@ def available(target: str) -> str | None:
     return None
 
 
+def runnable(target: str) -> str | None:
+    return available(target)
+
+
 def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
-    """model.onnx is written by the compiler for every backend; ORT needs nothing more."""
+    """ORT runs the graph as the model holds it: model.onnx, written here (the same file the
+    compile exports for every user)."""
     if model.dtype != "float32":
         raise Unsupported(f"ONNX Runtime's LSTM, GRU and RNN kernels take float32 only, not {model.dtype}")
-    if not (out_dir / ARTIFACT).is_file():
-        raise FileNotFoundError(out_dir / ARTIFACT)
+    save_onnx(model.onnx, out_dir / ARTIFACT)
     return [ARTIFACT]
 
 
-def load(out_dir: Path, manifest: dict[str, Any], target: str, threads: int | None = None) -> Runner:
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
     """A session over model.onnx; `threads` sets its intra-op pool (None: ORT's default)."""
-    return SessionRunner(out_dir / ARTIFACT, target, threads)
+    return SessionRunner(out_dir / ARTIFACT, manifest, target, threads)
 
 
 class SessionRunner(Runner):
-    def __init__(self, path: Path, target: str, threads: int | None = None) -> None:
+    def __init__(self, path: Path, manifest: Manifest, target: str, threads: int | None) -> None:
         import onnxruntime as ort
 
+        super().__init__(*manifest_io(manifest))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=[_PROVIDER[target]])
-        inputs = self.session.get_inputs()
-        dtypes = [_NUMPY.get(i.type, "float32") for i in inputs]
-        super().__init__([i.name for i in inputs], [o.name for o in self.session.get_outputs()], dtypes)
 
-    def _run(self, arrays: Arrays) -> Arrays:
-        return dict(zip(self.output_names, self.session.run(self.output_names, arrays)))
-
-    def bind(self, **arrays: np.ndarray) -> Callable[[], object]:
-        checked = self.check_inputs(arrays)
-        return lambda: self.session.run(self.output_names, checked)
-
-
-_NUMPY = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
-          "tensor(int32)": "int32", "tensor(float16)": "float16", "tensor(bool)": "bool"}
+    def _prepare(self, arrays: Arrays) -> Call:
+        names, run = self.output_names, self.session.run
+        return lambda: dict(zip(names, run(names, arrays)))

@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from rnnc.errors import Unsupported
 from rnnc.graphs.model import Model
-from rnnc.targets.base import Arrays, Runner, Unsupported
+from rnnc.graphs.spec import parse_spec
+from rnnc.graphs.torch_model import TORCH_DTYPES, build_torch_model
+from rnnc.records.manifest import Manifest
+from rnnc.targets.base import Arrays, Call, Runner, manifest_io
 
+ORDER = 0
 ARTIFACT = "torch_state.pt"
 
 
@@ -19,6 +24,10 @@ def available(target: str) -> str | None:
     return None
 
 
+def runnable(target: str) -> str | None:
+    return available(target)
+
+
 def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
     if model.torch_module is None:
         raise Unsupported("no eager PyTorch module: the model came as a file, not as a spec")
@@ -26,48 +35,44 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
     return [ARTIFACT]
 
 
-def load(out_dir: Path, manifest: dict[str, Any], target: str) -> Runner:
-    from rnnc.graphs.spec import parse_spec
-    from rnnc.graphs.torch_model import TORCH_DTYPES, build_torch_model
-
-    source = manifest["source"]
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
+    source = manifest.source
     if source.get("kind") != "spec":
         raise Unsupported("no eager PyTorch module: the model came as a file, not as a spec")
     spec = parse_spec(source["spec"], "manifest spec")
     module = build_torch_model(spec).to(TORCH_DTYPES[spec.dtype])
     module.load_state_dict(torch.load(out_dir / ARTIFACT, map_location="cpu", weights_only=True))
-    return ModuleRunner(module, manifest, target)
+    return ModuleRunner(module, manifest, target, threads)
 
 
 class ModuleRunner(Runner):
-    """Runs any torch.nn.Module (eager or scripted) with one tensor input per model input."""
+    """Runs any torch.nn.Module (eager or scripted) with one tensor input per model input.
 
-    def __init__(self, module: Any, manifest: dict[str, Any], target: str) -> None:
-        io = manifest["io"]
-        super().__init__([t["name"] for t in io["inputs"]], [t["name"] for t in io["outputs"]],
-                         [t["dtype"] for t in io["inputs"]])
+    `threads` sets torch's intra-op pool, which is process-wide: the last runner loaded decides it.
+    """
+
+    def __init__(self, module: Any, manifest: Manifest, target: str, threads: int | None) -> None:
+        super().__init__(*manifest_io(manifest))
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.device = torch.device("cuda" if target == "cuda" else "cpu")
         self.module = module.to(self.device).eval()
-        self.float_dtype = getattr(torch, manifest.get("dtype", "float32"))
+        self.float_dtype = getattr(torch, manifest.dtype)
 
-    def _tensors(self, arrays: Arrays) -> list[torch.Tensor]:
+    def _prepare(self, arrays: Arrays) -> Call:
         tensors = [torch.from_numpy(arrays[n]).to(self.device) for n in self.input_names]
-        return [t.to(self.float_dtype) if t.is_floating_point() else t for t in tensors]
+        tensors = [t.to(self.float_dtype) if t.is_floating_point() else t for t in tensors]
+        cuda = self.device.type == "cuda"
 
-    def _forward(self, tensors: list[torch.Tensor]) -> Any:
-        with torch.inference_mode():
-            out = self.module(*tensors)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
+        def call() -> Arrays:
+            with torch.inference_mode():
+                outs = _flatten(self.module(*tensors))
+                host = [o.detach().float().cpu().numpy() for o in outs]
+            if cuda:
+                torch.cuda.synchronize()
+            return {n: np.asarray(o) for n, o in zip(self.output_names, host)}
 
-    def _run(self, arrays: Arrays) -> Arrays:
-        outs = _flatten(self._forward(self._tensors(arrays)))
-        return {n: np.asarray(o.detach().float().cpu().numpy()) for n, o in zip(self.output_names, outs)}
-
-    def bind(self, **arrays: np.ndarray) -> Callable[[], object]:
-        tensors = self._tensors(self.check_inputs(arrays))
-        return lambda: self._forward(tensors)
+        return call
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:

@@ -7,21 +7,28 @@ from typing import Any
 
 import torch
 
+from rnnc.errors import Unsupported
 from rnnc.graphs.model import Model
-from rnnc.targets.base import Runner, Unsupported
-from rnnc.targets.torch import ModuleRunner
-from rnnc.targets.torch import available as _torch_available
+from rnnc.records.manifest import Manifest
+from rnnc.targets import torch as eager
+from rnnc.targets.base import Runner
 
+ORDER = 1
 ARTIFACT = "model.ts"
 
 
 def available(target: str) -> str | None:
-    return _torch_available(target)
+    return eager.available(target)
+
+
+def runnable(target: str) -> str | None:
+    return eager.runnable(target)
 
 
 def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
-    if model.source.get("kind") == "torchscript":
-        shutil.copyfile(out_dir / model.source["file"], out_dir / ARTIFACT)
+    if model.source.get("kind") == "torchscript" and model.origin is not None:
+        if model.origin.resolve() != (out_dir / ARTIFACT).resolve():
+            shutil.copyfile(model.origin, out_dir / ARTIFACT)
     elif model.torch_module is not None:
         torch.jit.save(torch.jit.script(model.torch_module), str(out_dir / ARTIFACT))
     else:
@@ -29,6 +36,6 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
     return [ARTIFACT]
 
 
-def load(out_dir: Path, manifest: dict[str, Any], target: str) -> Runner:
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
     module = torch.jit.load(str(out_dir / ARTIFACT), map_location="cuda" if target == "cuda" else "cpu")
-    return ModuleRunner(module, manifest, target)
+    return eager.ModuleRunner(module, manifest, target, threads)

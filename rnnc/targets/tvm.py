@@ -10,9 +10,8 @@ are cached on disk, see `rnnc.compiler.tvm.tune`), `tune_cache` (a directory for
 `tuning` ({"batch_tile": n, "gemm_rows": m}: fixed tiles, no cache, no search).
 
 "Built but not verified": `available(target)` answers whether the artifact can be *built* here;
-`can_verify(target)` whether it can also *run* here (None, or the reason: for `--target cuda` on a
-machine without a GPU, "no CUDA device ..."). `build` cross-compiles and returns its artifacts
-either way; the pipeline then records the backend as built but not verified, with that reason.
+`runnable(target)` whether it can also *run* here (for `--target cuda` on a machine without a GPU,
+"no CUDA device ..."). `build` cross-compiles and returns its artifacts either way.
 """
 from __future__ import annotations
 
@@ -23,8 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rnnc.compiler.tvm import lower, tune
+from rnnc.compiler.tvm import target as host
+from rnnc.errors import Unsupported, UserError
 from rnnc.graphs.model import Model
-from rnnc.targets.base import Arrays, Runner, Unsupported
+from rnnc.records.manifest import Manifest
+from rnnc.targets.base import Arrays, Call, Runner, manifest_io
 
 ORDER = 3
 LIBRARY = "tvm/model.so"
@@ -39,16 +42,14 @@ def available(target: str) -> str | None:
     except ImportError as err:
         return f"apache-tvm is not installed ({err})"
     if target == "cuda":
-        from rnnc.compiler.tvm import target as host
-
         return host.cuda_build_reason()
     return None
 
 
-def can_verify(target: str) -> str | None:
+def runnable(target: str) -> str | None:
     """None when a TVM artifact for `target` can run here, else why not (it may still be built)."""
-    from rnnc.compiler.tvm import target as host
-
+    if reason := available(target):
+        return reason
     if target == "cuda":
         return host.cuda_build_reason() or host.cuda_device_reason()
     return None
@@ -56,8 +57,6 @@ def can_verify(target: str) -> str | None:
 
 def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
     import tvm
-
-    from rnnc.compiler.tvm import lower, target as host, tune
 
     out_dir = Path(out_dir)
     (out_dir / "tvm").mkdir(parents=True, exist_ok=True)
@@ -69,7 +68,6 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
         tvm_target = host.cuda_target()
     else:
         tvm_target = host.host_target()
-    host.set_threads()
     started = time.perf_counter()
     tuning, tune_record = tune.choose(model, target, tvm_target, options)
     lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning)
@@ -82,7 +80,6 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
         "tvm_target": tvm_target,
         "host": host.host_record(tvm_target if target == "cpu" else tvm_target["host"]),
         "tvm_version": tvm.__version__,
-        "threads": host.cpu_count(),
         "inputs": lowered.inputs,
         "outputs": lowered.outputs,
         "tuning": {**tuning.as_dict(), **tune_record},
@@ -94,10 +91,8 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
     return [LIBRARY, RECORD]
 
 
-def load(out_dir: Path, manifest: dict[str, Any], target: str) -> Runner:
-    from rnnc.compiler.tvm import target as host
-    from rnnc.errors import UserError
-
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
+    """The library's VM; `threads` sizes TVM's pool (the calling thread's), None leaves it as it is."""
     out_dir = Path(out_dir)
     try:
         record = json.loads((out_dir / RECORD).read_text())
@@ -110,38 +105,34 @@ def load(out_dir: Path, manifest: dict[str, Any], target: str) -> Runner:
     host.check_host(record["host"])
     if target == "cuda" and (reason := host.cuda_device_reason()):
         raise UserError(f"cannot run the CUDA library here: {reason}")
-    host.set_threads()
-    return VMRunner(out_dir / LIBRARY, record, target)
+    host.configure_threads(threads)
+    return VMRunner(out_dir / LIBRARY, manifest, target)
 
 
 class VMRunner(Runner):
-    """The library's Relax VM; inputs in, every graph output out, numpy both ways."""
+    """The library's Relax VM: inputs copied to the device once per bind, outputs back as numpy."""
 
-    def __init__(self, path: Path, record: dict[str, Any], target: str) -> None:
+    def __init__(self, path: Path, manifest: Manifest, target: str) -> None:
         import tvm
         from tvm import relax
 
+        super().__init__(*manifest_io(manifest))
         self.device = tvm.cuda(0) if target == "cuda" else tvm.cpu(0)
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
         self.main = self.vm["main"]
-        inputs = record["inputs"]
-        super().__init__([i["name"] for i in inputs], record["outputs"], [i["dtype"] for i in inputs])
 
-    def _to_device(self, arrays: Arrays) -> list[Any]:
+    def _prepare(self, arrays: Arrays) -> Call:
         import tvm
 
-        return [tvm.runtime.tensor(arrays[n], self.device) for n in self.input_names]
+        args = [tvm.runtime.tensor(arrays[n], self.device) for n in self.input_names]
+        names, main = self.output_names, self.main
 
-    def _outputs(self, result: Any) -> Arrays:
-        results = [result] if len(self.output_names) == 1 else list(result)
-        return {n: r.numpy() for n, r in zip(self.output_names, results)}
+        def call() -> Arrays:
+            result = main(*args)
+            results = [result] if len(names) == 1 else list(result)
+            return {n: r.numpy() for n, r in zip(names, results)}
 
-    def _run(self, arrays: Arrays) -> Arrays:
-        return self._outputs(self.main(*self._to_device(arrays)))
-
-    def bind(self, **arrays: np.ndarray) -> Callable[[], object]:
-        args = self._to_device(self.check_inputs(arrays))
-        return lambda: self._outputs(self.main(*args))
+        return call
 
 
 def _jsonable(value: Any) -> Any:

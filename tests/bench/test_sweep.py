@@ -10,7 +10,7 @@ import pytest
 
 from rnnc.bench import Settings, measure, run_bench
 from rnnc.errors import UserError
-from rnnc.reports import schema
+from rnnc.records import report as schema
 from tests.conftest import make_spec
 
 QUICK = Settings(warmup_s=0.0, warmup_min=1, min_count=5, min_time_s=0.0, min_sample_s=0.0, settle_s=0.0,
@@ -20,7 +20,7 @@ BACKENDS = ["torch", "onnxruntime"]
 
 def bench(source, out, **kw):
     args = dict(target="cpu", backends=BACKENDS, seq_lens=[2, 5], batch_sizes=[1, 3], out_dir=out,
-                resume=False, check=False, settings=QUICK, render=False)
+                resume=False, check=False, settings=QUICK)
     args.update(kw)
     return run_bench(source, **args)
 
@@ -35,7 +35,7 @@ def test_rows_for_every_backend_and_shape(write_spec, tmp_path):
         assert r["tokens_per_s"] == pytest.approx(r["sequences_per_s"] * r["seq_len"], rel=1e-4)
         for key in ("median_ms", "iqr_ms", "p90_ms", "p99_ms", "cv", "loops"):
             assert key in r
-    on_disk = schema.load(tmp_path / "out" / "report.json")
+    on_disk = schema.load_report(tmp_path / "out" / "report.json")
     assert on_disk["finished"] and on_disk["rows"] == [dict(r) for r in report["rows"]]
     assert on_disk["calibration"]["samples_ms"] and on_disk["environment"]["cpu"]["cores"] >= 1
     model = on_disk["models"]["t"]
@@ -57,7 +57,7 @@ def test_resume_runs_only_missing_rows(write_spec, tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "measure_interleaved", interrupted)
     with pytest.raises(KeyboardInterrupt):
         bench(spec, out, seq_lens=[2], batch_sizes=[1, 3])
-    partial = schema.load(out / "report.json")  # valid, with the first shape's rows
+    partial = schema.load_report(out / "report.json")  # valid, with the first shape's rows
     assert not partial["finished"] and [r["batch_size"] for r in partial["rows"]] == [1, 1]
 
     calls.clear()
@@ -70,13 +70,16 @@ def test_resume_runs_only_missing_rows(write_spec, tmp_path, monkeypatch):
 def test_check_fails_a_wrong_backend(write_spec, tmp_path, monkeypatch):
     from rnnc.targets import onnxruntime
 
-    real = onnxruntime.SessionRunner._run
+    real = onnxruntime.SessionRunner._prepare
     spec = write_spec(make_spec(shapes={"batch_sizes": [1], "seq_lens": [3]}))
     from rnnc import api
 
     api.compile(spec, "cpu", BACKENDS, tmp_path / "dir")  # compiled before the bug, verified clean
-    monkeypatch.setattr(onnxruntime.SessionRunner, "_run", lambda self, arrays: {
-        k: v + 1e-3 for k, v in real(self, arrays).items()})
+    def off_by_a_little(self, arrays):
+        call = real(self, arrays)
+        return lambda: {k: v + 1e-3 for k, v in call().items()}
+
+    monkeypatch.setattr(onnxruntime.SessionRunner, "_prepare", off_by_a_little)
     report = bench(tmp_path / "dir", tmp_path / "out", seq_lens=None, batch_sizes=None, check=True)
     ort = [r for r in report["rows"] if r["backend"] == "onnxruntime"]
     assert report["exit_code"] == 1
@@ -181,12 +184,11 @@ def test_threads_are_limited_recorded_and_put_back(write_spec, tmp_path):
 
 def test_onnxruntime_sessions_get_the_thread_count(write_spec, tmp_path):
     from rnnc import api
-    from rnnc.bench import threads
     from rnnc.targets import onnxruntime
 
     api.compile(write_spec(make_spec()), "cpu", ["onnxruntime"], tmp_path / "dir")
     manifest, _ = api.open_dir(tmp_path / "dir")
-    runner = threads.load(onnxruntime.load, "onnxruntime", 1, tmp_path / "dir", manifest, "cpu")
+    runner = onnxruntime.load(tmp_path / "dir", manifest, "cpu", threads=1)
     assert runner.session.get_session_options().intra_op_num_threads == 1
     assert set(runner(features=np.zeros((1, 2, 5), np.float32))) == {"output"}
 

@@ -9,9 +9,12 @@ from onnx import TensorProto, helper, numpy_helper
 import tvm  # noqa: E402 - a hard dependency of rnnc: never skipped
 
 from rnnc.compiler.tvm.lower import Tuning, lower  # noqa: E402
-from rnnc.compiler.tvm.target import host_target, set_threads  # noqa: E402
+from rnnc.compiler.tvm.target import configure_threads, cpu_count, host_target  # noqa: E402
 from rnnc.errors import Unsupported  # noqa: E402
-from tests.compiler.test_tvm_kernels import TOL, onnx_rnn  # noqa: E402
+from rnnc.graphs.reference import float64_reference  # noqa: E402
+from tests.compiler.test_tvm_kernels import TOL  # noqa: E402
+
+pytestmark = pytest.mark.tvm
 
 I, H = 5, 12
 
@@ -33,18 +36,33 @@ def _graph(op, attrs, *, layout=0, with_h0=False, extra_inputs=(), outputs=("Y",
     outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs if o]
     graph = helper.make_graph([node], "g", inputs, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return model, (W, R, B)
+    return model
 
 
 SMALL = Tuning(batch_tile=2, gemm_rows=4)  # the graph logic under test, not the tiles: build fast
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    configure_threads(cpu_count())
+
+
 def _run(model, feeds):
-    set_threads()
     lowered = lower(model, tuning=SMALL)
     vm = tvm.relax.VirtualMachine(tvm.compile(lowered.module, tvm.target.Target(host_target())), tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[i["name"]], dtype=np.float32)) for i in lowered.inputs])
+    args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[i["name"]], dtype=i["dtype"])) for i in lowered.inputs]
+    out = vm["main"](*args)
     return [out.numpy()] if len(lowered.outputs) == 1 else [o.numpy() for o in out]
+
+
+def _check(model, feeds):
+    """Every graph output of the lowered model against `rnnc.graphs.reference` evaluating the graph in float64."""
+    want = float64_reference(model)(feeds)
+    got = _run(model, feeds)
+    assert len(got) == len(model.graph.output)
+    for value, g in zip(model.graph.output, got):
+        _close(g, want[value.name])
+    return got
 
 
 def _close(got, want):
@@ -53,26 +71,22 @@ def _close(got, want):
 
 
 def test_layout1_bidirectional_lstm_with_initial_state():
-    model, (W, R, B) = _graph("LSTM", {"direction": "bidirectional"}, layout=1, with_h0=True, outputs=("Y", "Y_h", "Y_c"))
+    model = _graph("LSTM", {"direction": "bidirectional"}, layout=1, with_h0=True, outputs=("Y", "Y_h", "Y_c"))
     rng = np.random.default_rng(5)
     X, h0 = rng.standard_normal((3, 4, I)), rng.standard_normal((3, 2, H))  # [B, T, I], [B, D, H]
-    Y, Yh, Yc = onnx_rnn("lstm", X.transpose(1, 0, 2), W, R, B, ("forward", "reverse"), h0=h0.transpose(1, 0, 2))
-    got = _run(model, {"X": X, "h0": h0})
-    _close(got[0], Y.transpose(2, 0, 1, 3))
-    _close(got[1], Yh.transpose(1, 0, 2))
-    _close(got[2], Yc.transpose(1, 0, 2))
+    _check(model, {"X": X, "h0": h0})
 
 
 def test_reverse_gru_with_clip_and_only_y_h():
-    model, (W, R, B) = _graph("GRU", {"direction": "reverse", "linear_before_reset": 1, "clip": 0.5}, outputs=("", "Y_h"))
+    model = _graph("GRU", {"direction": "reverse", "linear_before_reset": 1, "clip": 0.5}, outputs=("", "Y_h"))
     X = np.random.default_rng(6).standard_normal((6, 2, I)) * 3
-    _close(_run(model, {"X": X})[0], onnx_rnn("gru", X, W, R, B, ("reverse",), clip=0.5)[1])
+    _check(model, {"X": X})
 
 
 def test_rnn_with_relu_activations():
-    model, (W, R, B) = _graph("RNN", {"direction": "bidirectional", "activations": ["Relu", "Relu"]}, outputs=("Y",))
+    model = _graph("RNN", {"direction": "bidirectional", "activations": ["Relu", "Relu"]}, outputs=("Y",))
     X = np.random.default_rng(7).standard_normal((4, 3, I))
-    _close(_run(model, {"X": X})[0], onnx_rnn("rnn", X, W, R, B, ("forward", "reverse"), ["Relu", "Relu"])[0])
+    _check(model, {"X": X})
 
 
 @pytest.mark.parametrize("op,attrs,extra,words", [
@@ -81,23 +95,17 @@ def test_rnn_with_relu_activations():
     ("RNN", {"activations": ["Tanh"], "activation_alpha": [1.0]}, (), "activation_alpha"),
 ])
 def test_unsupported_attributes_are_named(op, attrs, extra, words):
-    model, _ = _graph(op, attrs, extra_inputs=extra)
+    model = _graph(op, attrs, extra_inputs=extra)
     with pytest.raises(Unsupported, match=words):
         lower(model)
 
 
 def test_sequence_lens_as_a_graph_input():
-    model, (W, R, B) = _graph("LSTM", {"direction": "bidirectional"}, outputs=("Y", "Y_h"))
+    model = _graph("LSTM", {"direction": "bidirectional"}, outputs=("Y", "Y_h"))
     model.graph.node[0].input[4] = "lens"
     model.graph.input.append(helper.make_tensor_value_info("lens", TensorProto.INT32, ["B"]))
     X, lens = np.random.default_rng(13).standard_normal((5, 3, I)), np.array([5, 2, 0], np.int32)
-    set_threads()
-    lowered = lower(model, tuning=SMALL)
-    vm = tvm.relax.VirtualMachine(tvm.compile(lowered.module, tvm.target.Target(host_target())), tvm.cpu())
-    y, yh = vm["main"](tvm.runtime.tensor(X.astype(np.float32)), tvm.runtime.tensor(lens))
-    want = onnx_rnn("lstm", X, W, R, B, ("forward", "reverse"), lens=lens)
-    _close(y.numpy(), want[0])
-    _close(yh.numpy(), want[1])
+    _check(model, {"X": X, "lens": lens})
     with pytest.raises(Unsupported, match="sequence_lens on cuda"):
         lower(model, "cuda")
 
@@ -138,7 +146,7 @@ def test_ordinary_ops_around_the_cell():
 
 def test_torch_style_squeeze_and_constant_nodes():
     """torch.onnx writes Y[:, 0] as Squeeze(axes=[1]) and small tensors as Constant nodes."""
-    model, (W, R, B) = _graph("GRU", {"linear_before_reset": 1}, outputs=("Y",))
+    model = _graph("GRU", {"linear_before_reset": 1}, outputs=("Y",))
     g = model.graph
     h0 = np.random.default_rng(8).standard_normal((1, 1, H)).astype(np.float32)
     g.node.insert(0, helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([1], np.int64))))
@@ -148,23 +156,33 @@ def test_torch_style_squeeze_and_constant_nodes():
     g.node.append(helper.make_node("Squeeze", ["Y4", "axes"], ["Y"]))
     X = np.random.default_rng(9).standard_normal((5, 1, I))
     lowered = lower(model, tuning=SMALL)
-    got = _run(model, {"X": X})[0]
-    _close(got, onnx_rnn("gru", X, W, R, B, ("forward",), h0=h0.astype(np.float64))[0][:, 0])
+    _check(model, {"X": X})
     assert lowered.layers[0]["y_layout"] == "tbdh"  # the Squeeze went into the kernel's store
 
 
 def test_lstm_peepholes_from_an_initializer():
-    model, (W, R, B) = _graph("LSTM", {"direction": "reverse"}, extra_inputs=("", "P"), outputs=("Y", "Y_h", "Y_c"))
+    model = _graph("LSTM", {"direction": "reverse"}, extra_inputs=("", "P"), outputs=("Y", "Y_h", "Y_c"))
     P = np.random.default_rng(10).uniform(-1, 1, (1, 3 * H))
     model.graph.initializer.append(numpy_helper.from_array(P.astype(np.float32), "P"))
     X = np.random.default_rng(11).standard_normal((4, 2, I))
-    for got, want in zip(_run(model, {"X": X}), onnx_rnn("lstm", X, W, R, B, ("reverse",), P=P)):
-        _close(got, want)
+    _check(model, {"X": X})
 
 
 def test_gru_default_linear_before_reset_0():
     """ONNX's default GRU applies r before the recurrent product: two phases per step."""
-    model, (W, R, B) = _graph("GRU", {"direction": "bidirectional"}, outputs=("Y", "Y_h"))
+    model = _graph("GRU", {"direction": "bidirectional"}, outputs=("Y", "Y_h"))
     X = np.random.default_rng(12).standard_normal((5, 3, I))
-    for got, want in zip(_run(model, {"X": X}), onnx_rnn("gru", X, W, R, B, ("forward", "reverse"), lbr=0)):
-        _close(got, want)
+    _check(model, {"X": X})
+
+
+def test_cuda_lowering_calls_the_cuda_kernels():
+    """The target kind picks the layer kernels; the call passes the CUDA signature's arguments."""
+    model = _graph("LSTM", {"direction": "bidirectional"}, extra_inputs=("", "P"), outputs=("Y", "Y_h", "Y_c"))
+    P = np.random.default_rng(14).uniform(-1, 1, (2, 3 * H))
+    model.graph.initializer.append(numpy_helper.from_array(P.astype(np.float32), "P"))
+    lowered = lower(model, "cuda", SMALL)
+    func = lowered.module["layer0_lstm"]
+    assert func.attrs["tirx.is_scheduled"]
+    assert [v.name for v in func.params] == ["X", "W", "R", "Bias", "P", "Y", "Yh", "Yc"]
+    with pytest.raises(ValueError, match="target kind"):
+        lower(model, "vulkan")

@@ -65,8 +65,8 @@ def test_reference_and_onnxruntime(name: str, tmp_path: Path) -> None:
 def test_tvm_through_a_compiled_dir(name: str, tmp_path: Path) -> None:
     path, feeds, expected = case_file(name, tmp_path)
     manifest, out = api.compile(path, "cpu", ["tvm"], tmp_path / "out")
-    record = manifest["backends"]["tvm"]
-    assert record["status"] == "ok", record["reason"]  # tvm takes every one of these; a skip is a regression
+    record = manifest.backends["tvm"]
+    assert record.status == "ok", record.reason  # tvm takes every one of these; a skip is a regression
     assert_expected(api.load(out, "tvm")(**feeds), expected, name)
 
 

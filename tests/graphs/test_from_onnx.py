@@ -322,8 +322,8 @@ def test_tvm_backend_against_the_reference(case: str, tmp_path: Path) -> None:
         proto, _ = recurrent_model("GRU", symbolic=True, direction="reverse", initial=True, linear_before_reset=1)
         model = model_from_onnx(save(proto, tmp_path), {"X": (3, 2, 4)})
     manifest = pipeline.compile_model(model, "cpu", ["tvm"], tmp_path / "out")
-    record = manifest["backends"]["tvm"]
-    assert record["status"] == "ok", record["reason"]  # tvm takes every one of these; a skip is a regression
+    record = manifest.backends["tvm"]
+    assert record.status == "ok", record.reason  # tvm takes every one of these; a skip is a regression
 
 
 def test_bench_and_gate_accept_a_compiled_hand_built_file(tmp_path: Path, cli) -> None:

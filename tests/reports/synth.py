@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from rnnc import stats
-from rnnc.reports import schema
+from rnnc.records import report as schema
 
 SPEC = {"name": "m", "input": {"type": "features", "features": 4}, "rnn": {"cell": "lstm", "hidden_size": 8},
         "output": {"mode": "many_to_many"}, "dtype": "float32"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,10 @@ from rnnc.compiler.tvm import target as host  # noqa: E402
 from rnnc.errors import UserError  # noqa: E402
 from rnnc.graphs.from_spec import model_from_spec  # noqa: E402
 from rnnc.graphs.spec import parse_spec  # noqa: E402
+from rnnc.pipeline import new_manifest  # noqa: E402
 from rnnc.targets import tvm as backend  # noqa: E402
+
+pytestmark = pytest.mark.tvm
 
 TOL = 1e-5
 
@@ -27,9 +31,8 @@ def _spec(cell="lstm", hidden=12, layers=1, bi=False, mode="many_to_many", dense
     return model_from_spec(parse_spec(spec))
 
 
-def _manifest(model):
-    return {"io": {"inputs": [vars(t) for t in model.inputs], "outputs": [vars(t) for t in model.outputs]},
-            "target": "cpu", "backends": {}}
+def _manifest(model, target="cpu"):
+    return new_manifest(model, target)
 
 
 SMALL = {"batch_tile": 2, "gemm_rows": 4}  # small tiles build fastest; the default ones in one test
@@ -39,7 +42,7 @@ def _check(model, out_dir: Path, shapes=((2, 3), (1, 1), (5, 9)), tiles=SMALL):
     options = {"tune_cache": str(out_dir / "cache"), **({"tuning": tiles} if tiles else {})}
     artifacts = backend.build(model, out_dir, "cpu", options)
     assert all((out_dir / a).is_file() for a in artifacts)
-    runner = backend.load(out_dir, _manifest(model), "cpu")
+    runner = backend.load(out_dir, _manifest(model), "cpu", 2)
     assert runner.input_names == model.input_names and runner.output_names == ["output"]
     for batch, seq in shapes:  # built for (2, 3): the others were never seen by the build
         x = model.random_inputs(batch, seq, np.random.default_rng(batch * 100 + seq))
@@ -66,7 +69,7 @@ def test_record_and_flat_library(tmp_path):
     _check(model, tmp_path, shapes=((2, 3), (7, 2)), tiles=None)  # the default tiles, 7 = 6 + 1 rows
     record = json.loads((tmp_path / backend.RECORD).read_text())
     assert record["target"] == "cpu" and record["tvm_target"]["kind"] == "llvm"
-    assert record["host"]["isa"] and record["threads"] >= 1
+    assert record["host"]["isa"]
     assert [layer["cell"] for layer in record["layers"] if "cell" in layer] == ["lstm"]
     # many-to-one: the kernel writes h_n batch-major itself and skips Y entirely
     assert record["layers"][0]["yh_layout"] == "bdh" and record["layers"][0]["y_layout"] is None
@@ -80,20 +83,18 @@ def test_runs_where_another_isa_is_refused(tmp_path, monkeypatch):
     record["host"]["isa"] = record["host"]["isa"] + ["avx512fp64imaginary"]
     path.write_text(json.dumps(record))
     with pytest.raises(UserError, match="avx512fp64imaginary.*lacks"):
-        backend.load(tmp_path, _manifest(model), "cpu")
+        backend.load(tmp_path, _manifest(model), "cpu", 1)
     record["target"] = "cuda"
     path.write_text(json.dumps(record))
     with pytest.raises(UserError, match="built for cuda"):
-        backend.load(tmp_path, _manifest(model), "cpu")
+        backend.load(tmp_path, _manifest(model), "cpu", 1)
 
 
-def test_threads_default_to_the_cores(monkeypatch):
-    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
-    assert host.set_threads() == host.cpu_count()
-    monkeypatch.setenv("TVM_NUM_THREADS", "1")
-    assert host.set_threads() == 1  # the user's choice wins
-    monkeypatch.delenv("TVM_NUM_THREADS")
-    host.set_threads()
+def test_the_thread_count_is_passed_not_written_to_the_environment():
+    before = dict(os.environ)
+    assert host.configure_threads(1) == 1
+    assert host.configure_threads(host.cpu_count()) == host.cpu_count()
+    assert dict(os.environ) == before  # library code reads and writes no environment variable
 
 
 def test_tuning_is_cached_and_reused(tmp_path):
@@ -109,14 +110,14 @@ def test_tuning_is_cached_and_reused(tmp_path):
 
 
 def test_cuda_without_a_device_is_built_not_verified(tmp_path):
-    reason = backend.can_verify("cuda")
+    reason = backend.runnable("cuda")
     if host.cuda_build_reason():
         pytest.skip(host.cuda_build_reason())
     model = _spec(cell="gru", mode="many_to_one", dense={"units": 2, "activation": "softmax"})
     artifacts = backend.build(model, tmp_path, "cuda", {})
     assert (tmp_path / "tvm" / "model.so").is_file() and artifacts
     if reason is None:  # a GPU here: it must also run and agree
-        runner = backend.load(tmp_path, {**_manifest(model), "target": "cuda"}, "cuda")
+        runner = backend.load(tmp_path, _manifest(model, "cuda"), "cuda", None)
         x = model.random_inputs(3, 4, np.random.default_rng(0))
         want = model.reference64(x)["output"]
         assert np.abs(runner(**x)["output"] - want).max() / np.abs(want).max() <= TOL

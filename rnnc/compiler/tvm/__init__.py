@@ -1,8 +1,10 @@
 """rnnc's own lowering of recurrent networks to Apache TVM (the `tvm` backend's compiler).
 
-- `kernels`: the CPU TIR of one LSTM/GRU/RNN layer, generated per shape; `dense`: the head;
+- `spec`: what shapes a layer's code (`LayerSpec`), the tile defaults (`Tuning`), the kernel signature;
+- `kernels` (with `cell`, the gate arithmetic of one row): the CPU TIR of one LSTM/GRU/RNN layer;
+  `dense`: the head; `gemm`: the register-tiled GEMM both use; `emit`: how all of them write TVMScript;
 - `cuda`: the same layers as GPU TIR (cross-compiled where there is no GPU);
-- `lower`: ONNX graph -> Relax module (recurrent nodes to the kernels, the rest via `ops`);
-- `target`: the host CPU target and ISA, the thread count, CUDA availability;
-- `tune`: the `--tune` search of tile sizes, cached on disk.
+- `lower`: ONNX graph -> Relax module (recurrent nodes to the kernels of the target kind, the rest via `ops`);
+- `target`: the host CPU target and ISA, TVM's thread pool, CUDA availability;
+- `tune`: the `--tune` search of tile sizes, cached in a directory the caller names.
 """

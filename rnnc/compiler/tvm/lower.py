@@ -9,8 +9,11 @@ the layout shuffles our kernels can absorb:
 - `Y_h -> Transpose([1,0,2]) -> Reshape([0,-1])` (h_n of a many-to-one model): likewise;
 - `MatMul(x, W) -> Add(b) [-> Sigmoid/Tanh/Relu/LeakyRelu]` with constant W, b: one dense kernel.
 
-Everything else maps one node to one Relax op (`ops.py`, legalised by TVM); an op or attribute not handled
-raises `Unsupported` naming it, so nothing is silently ignored (STYLE.md, on ONNX's reference).
+Everything else maps one node to one Relax op (`ops.py`, legalised by TVM); an op or attribute not
+handled raises `Unsupported` naming it, so nothing is silently ignored (STYLE.md, on ONNX's reference).
+
+The target kind picks the layer kernels, `kernels` (llvm) or `cuda`; the walk is the same for both,
+and a layer's call passes its arguments in the order of `spec.signature`, which both kernels declare.
 
 Recurrent attributes taken: direction (forward, reverse, bidirectional), layout 0/1, hidden_size,
 activations Sigmoid/Tanh/Relu (the same for both directions), clip, initial_h, initial_c, LSTM
@@ -28,27 +31,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from rnnc.compiler.tvm import dense, kernels
+from rnnc.compiler.tvm import cuda, dense, kernels
 from rnnc.compiler.tvm.ops import CONVERTERS as _CONVERTERS
 from rnnc.compiler.tvm.ops import attrs as _attrs
-from rnnc.compiler.tvm.kernels import LayerSpec
+from rnnc.compiler.tvm.spec import ACTIVATIONS, LayerSpec, Tuning, signature
 from rnnc.errors import Unsupported
+
+__all__ = ["Lowered", "Tuning", "lower"]
 
 RECURRENT = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
 _DENSE_ACT = {"Sigmoid": "Sigmoid", "Tanh": "Tanh", "Relu": "Relu", "LeakyRelu": "LeakyRelu"}
-
-
-@dataclass
-class Tuning:
-    """The knobs `tune.py` searches; the defaults are what a build uses untuned."""
-
-    # measured on a 2-core Sapphire Rapids at hidden 256, batch 16: (6, 6) 5-7% faster than (4, 4)
-    batch_tile: int = 6
-    gemm_rows: int = 6
-
-    def as_dict(self) -> dict[str, int]:
-        return {"batch_tile": self.batch_tile, "gemm_rows": self.gemm_rows}
+# the layer kernels per target kind: each module has `layer_primfunc(spec, name)` and `pack(spec, W, R, B, P)`
+_KERNELS = {"llvm": kernels, "cuda": cuda}
 
 
 @dataclass
@@ -62,12 +57,11 @@ class Lowered:
 
 
 def lower(proto: onnx.ModelProto, target_kind: str = "llvm", tuning: Tuning | None = None) -> Lowered:
-    """The Relax module of an ONNX model, whose `main` takes the graph inputs in order."""
-    if target_kind == "cuda":
-        from rnnc.compiler.tvm.cuda import CudaLowering
-
-        return CudaLowering(proto, tuning or Tuning(), "cuda").run()
-    return _Lowering(proto, tuning or Tuning(), "llvm").run()
+    """The Relax module of an ONNX model, whose `main` takes the graph inputs in order; `target_kind`
+    is "llvm" or "cuda"."""
+    if target_kind not in _KERNELS:
+        raise ValueError(f"target kind {target_kind!r}: expected one of {', '.join(_KERNELS)}")
+    return _Lowering(proto, tuning or Tuning(), target_kind).run()
 
 
 class _Lowering:
@@ -76,6 +70,7 @@ class _Lowering:
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.tuning = tuning
         self.target_kind = target_kind
+        self.kernels = _KERNELS[target_kind]
         self.consts = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         # one list of node objects for the whole lowering: the plans key on their identity
         self.nodes = list(self.graph.node)
@@ -296,8 +291,8 @@ class _Lowering:
         acts = tuple(x.decode() if isinstance(x, bytes) else x for x in a.get("activations", []))
         if acts:
             per = len(acts) // len(dirs)
-            if any(x not in kernels.ACTIVATIONS for x in acts):
-                raise Unsupported(f"{what}: activations {list(acts)} (the tvm backend takes {', '.join(kernels.ACTIVATIONS)})")
+            if any(x not in ACTIVATIONS for x in acts):
+                raise Unsupported(f"{what}: activations {list(acts)} (the tvm backend takes {', '.join(ACTIVATIONS)})")
             if len(dirs) == 2 and acts[:per] != acts[per:]:
                 raise Unsupported(f"{what}: different activations per direction {list(acts)}")
         plan = self.plans[id(node)]
@@ -309,12 +304,8 @@ class _Lowering:
             seq, batch, isz = xshape
         else:
             batch, seq, isz = xshape
-        layer_inputs = [x]
-        h0 = c0 = None
-        if ins[5]:
-            h0 = self._state(ins[5], int(a.get("layout", 0)))
-        if cell == "lstm" and ins[6]:
-            c0 = self._state(ins[6], int(a.get("layout", 0)))
+        h0 = self._state(ins[5], int(a.get("layout", 0))) if ins[5] else None
+        c0 = self._state(ins[6], int(a.get("layout", 0))) if cell == "lstm" and ins[6] else None
         spec = LayerSpec(
             cell=cell, input_size=int(w.shape[-1]), hidden=hidden, directions=dirs, x_layout=plan["x_layout"],
             y_layout=plan["y"][1] if plan["y"] else None, yh_layout=plan["yh"][1] if plan["yh"] else None,
@@ -324,40 +315,29 @@ class _Lowering:
             seq_lens=bool(ins[4]),
             batch_tile=self.tuning.batch_tile, gemm_rows=self.tuning.gemm_rows,
         )
-        name = f"layer{len(self.layers)}_{cell}"
-        func, weights = self._layer_kernel(spec, name, w, r, b)
-        layer_inputs += [relax.const(a) for a in weights]
-        layer_inputs += [s for s in (h0, c0) if s is not None]
-        if spec.peepholes:
-            layer_inputs.append(relax.const(self._peepholes(spec, self.consts[ins[7]])))
+        values = {"X": x, "H0": h0, "C0": c0}
+        packed = self.kernels.pack(spec, w, r, b, self.consts[ins[7]] if spec.peepholes else None)
+        values.update((k, relax.const(v)) for k, v in packed.items())
         if spec.seq_lens:
             lens = self._value(ins[4])
-            if lens.ty.dtype != "int32":
-                lens = self._emit(relax.op.astype(lens, "int32"))
-            layer_inputs.append(lens)
-        d, h = len(dirs), hidden
-        shapes = {"tdbh": (seq, d, batch, h), "tbdh": (seq, batch, d * h), "btdh": (batch, seq, d * h),
-                  "btd_h": (batch, seq, d, h), "dbh": (d, batch, h), "bdh": (batch, d * h), "bd_h": (batch, d, h)}
-        outs = [(plan[k][0], shapes[plan[k][1]]) for k in ("y", "yh", "yc") if plan[k]]
+            values["Lens"] = lens if lens.ty.dtype == "int32" else self._emit(relax.op.astype(lens, "int32"))
+        params = signature(spec, self.target_kind)
+        outs = [p for p in params if p.output]
         if not outs:
             return
-        gvar = self.bb.add_func(func, name)
-        self.layers.append({"name": name, "node": node.name, **{k: v for k, v in vars(spec).items()}})
-        sinfo = [relax.TensorType(s, "float32") for _, s in outs]
-        call = self._emit(relax.call_tir(gvar, layer_inputs, sinfo if len(sinfo) > 1 else sinfo[0]))
+        name = f"layer{len(self.layers)}_{cell}"
+        gvar = self.bb.add_func(self.kernels.layer_primfunc(spec, name), name)
+        self.layers.append({"name": name, "node": node.name, **vars(spec)})
+        dims = {"seq": seq, "batch": batch}
+        sinfo = [relax.TensorType([dims.get(s, s) for s in p.shape], p.dtype) for p in outs]
+        args = [values[p.name] for p in params if not p.output]
+        call = self._emit(relax.call_tir(gvar, args, sinfo if len(sinfo) > 1 else sinfo[0]))
+        targets = {"Y": plan["y"], "Yh": plan["yh"], "Yc": plan["yc"]}
         if len(outs) == 1:
-            self.values[outs[0][0]] = call
+            self.values[targets[outs[0].name][0]] = call
         else:
-            for i, (value_name, _) in enumerate(outs):
-                self.values[value_name] = self._emit(relax.TupleGetItem(call, i))
-
-    def _layer_kernel(self, spec: LayerSpec, name: str, w: np.ndarray, r: np.ndarray, b: np.ndarray | None):
-        """The PrimFunc of one layer and its packed weights, in the PrimFunc's parameter order."""
-        packed = kernels.pack_weights(spec, w, r, b)
-        return kernels.layer_primfunc(spec, name), [packed[k] for k in ("w", "r", "bias", "rbn") if k in packed]
-
-    def _peepholes(self, spec: LayerSpec, p: np.ndarray) -> np.ndarray:
-        return kernels.pack_peepholes(spec, p)
+            for i, p in enumerate(outs):
+                self.values[targets[p.name][0]] = self._emit(relax.TupleGetItem(call, i))
 
     def _state(self, name: str, layout: int) -> Any:
         from tvm import relax

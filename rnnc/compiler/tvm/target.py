@@ -27,19 +27,28 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def set_threads() -> int:
-    """TVM_NUM_THREADS = the cores we may use, unless the user set it; returns the count in force.
+def configure_threads(count: int | None) -> int:
+    """Use `count` threads in TVM's CPU thread pool; None leaves the pool as it is. Returns the count
+    in force (`tvm.runtime.num_threads()`).
 
-    TVM's runtime reads the variable when its thread pool starts; without it these 2-vCPU machines
-    run one thread. When the pool already exists it is reconfigured to the same count.
+    Only `runtime.config_threadpool` is called; the environment is never written. Three TVM 0.27
+    facts shape the call. Without a CPU list the runtime caps the count at its own default
+    (TVM_NUM_THREADS, else half the hardware threads on x86: one on a 2-vCPU machine, where every
+    parallel loop then runs inline), so a list of CPU ids is passed, whose length sets that cap.
+    The pool's size is fixed when it is first created (by this call, a query such as None's, or
+    the first parallel launch), so the first call sizes it for every core we may use (or `count`,
+    if more); later calls choose any count up to that size. And the pool and its cap belong to the
+    calling thread: configure the thread that runs the kernels.
     """
-    count = int(os.environ.setdefault("TVM_NUM_THREADS", str(cpu_count())))
     import tvm
 
-    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
-    if config is not None:
-        config(0, count)  # 0: big cores first, the runtime's default mode
-    return count
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"thread count {count}: must be at least 1")
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [*range(cpu_count())]
+        cpus = [str(allowed[i % len(allowed)]) for i in range(max(count, len(allowed)))]
+        tvm.get_global_func("runtime.config_threadpool")(0, count, cpus)  # mode 0: the runtime's default
+    return int(tvm.runtime.num_threads())
 
 
 def cpu_model() -> str:

@@ -1,11 +1,14 @@
-"""`--tune SECONDS` (build option `tune_s`): search the knobs where search pays (batch tile, GEMM row tile), cache the winner.
+"""`--tune SECONDS` (build option `tune_s`): search the knobs where search pays, cache the winner.
 
 The space is small on purpose: the recurrent step's batch register tile (rows sharing one pass over
 R) and the input/dense GEMM's row tile. Each candidate is lowered, built and timed on the model's
-own largest spec shape (median of several runs); the search stops when the budget is spent. The
-winner is stored as JSON under the cache directory, keyed by the graph's structure (ops,
-attributes, weight shapes, not values), the shapes and the TVM target, and any later build of the
-same key reuses it without searching, tuned or not.
+own largest spec shape (median of several runs); the search stops when the budget is spent.
+
+A cache is used only when the caller names its directory (`tune_cache`; the CLI passes its default):
+the winner is stored there as JSON, keyed by the graph's structure (ops, attributes, weight shapes,
+not values), the shapes and the TVM target, and any later build of the same key with the same
+directory reuses it, tuned or not. Without `tune_cache` nothing is read or written: an untuned
+build uses the defaults, and a search is not kept.
 """
 from __future__ import annotations
 
@@ -20,15 +23,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rnnc.compiler.tvm.lower import Tuning
+from rnnc.compiler.tvm.lower import lower
+from rnnc.compiler.tvm.spec import Tuning
 
-CANDIDATES = [Tuning(6, 6), Tuning(4, 4), Tuning(4, 6), Tuning(6, 4), Tuning(2, 4), Tuning(3, 6), Tuning(5, 6)]
+CANDIDATES = [Tuning(), Tuning(4, 4), Tuning(4, 6), Tuning(6, 4), Tuning(2, 4), Tuning(3, 6), Tuning(5, 6)]
 
 
-def cache_dir(options: dict[str, Any]) -> Path:
-    if options.get("tune_cache"):
-        return Path(options["tune_cache"])
-    return Path(os.path.expanduser("~")) / ".cache" / "rnnc" / "tvm-tune"
+def cache_dir(options: dict[str, Any]) -> Path | None:
+    """The directory of tuning records the caller named, or None: no cache."""
+    return Path(options["tune_cache"]) if options.get("tune_cache") else None
 
 
 def key(proto: onnx.ModelProto, shapes: list[tuple[int, int]], tvm_target: dict[str, Any]) -> str:
@@ -44,14 +47,16 @@ def key(proto: onnx.ModelProto, shapes: list[tuple[int, int]], tvm_target: dict[
     return h.hexdigest()[:24]
 
 
-def choose(model: Any, target: str, tvm_target: dict[str, Any], options: dict[str, Any]) -> tuple[Tuning, dict[str, Any]]:
+def choose(model: Any, target: str, tvm_target: dict[str, Any],
+           options: dict[str, Any]) -> tuple[Tuning, dict[str, Any]]:
     """The tuning to build with, and what to record about where it came from."""
     budget = float(options.get("tune_s") or options.get("tune") or 0)
     k = key(model.onnx, list(model.shapes), tvm_target)
     if options.get("tuning"):  # the caller's own choice wins over cache and search
         return Tuning(**options["tuning"]), {"source": "options", "key": k}
-    path = cache_dir(options) / f"{k}.json"
-    if path.is_file():
+    directory = cache_dir(options)
+    path = None if directory is None else directory / f"{k}.json"
+    if path is not None and path.is_file():
         try:
             rec = json.loads(path.read_text())
             return Tuning(**rec["tuning"]), {"source": "cache", "key": k, "measured_ms": rec.get("measured_ms")}
@@ -60,19 +65,18 @@ def choose(model: Any, target: str, tvm_target: dict[str, Any], options: dict[st
     if budget <= 0 or target != "cpu":
         return Tuning(), {"source": "default", "key": k}
     best, trials = search(model, tvm_target, budget)
-    rec = {"tuning": best[0].as_dict(), "measured_ms": best[1], "trials": trials, "key": k}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(json.dumps(rec, indent=2))
-    os.replace(f.name, path)
+    if path is not None:
+        rec = {"tuning": best[0].as_dict(), "measured_ms": best[1], "trials": trials, "key": k}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            f.write(json.dumps(rec, indent=2))
+        os.replace(f.name, path)
     return best[0], {"source": "search", "key": k, "measured_ms": best[1], "trials": len(trials)}
 
 
 def search(model: Any, tvm_target: dict[str, Any], budget: float) -> tuple[tuple[Tuning, float], list[dict[str, Any]]]:
     import tvm
     from tvm import relax
-
-    from rnnc.compiler.tvm.lower import lower
 
     batch, seq = max(model.shapes, key=lambda s: s[0] * s[1])
     seq = min(seq, 64)  # the step cost is what differs; a long T only adds time

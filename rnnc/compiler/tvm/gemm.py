@@ -1,0 +1,61 @@
+"""The register-tiled GEMM of the CPU kernels: a layer's input projection and the dense head.
+
+`Out[m, :] = X(m) @ W` for `rows` rows (a symbolic T.int64 in scope), W packed as 16-wide column
+panels `[(lead,) panels * panel, K, 16]`. A work item is one register tile: `tile` rows x `panel`
+16-wide column blocks, row tiles fastest, so a thread's consecutive items share one panel of W,
+which stays in its L2 while X streams past: W (MiBs at H >= 512) comes from memory once, not once
+per row tile. The `rows % tile` rows left over are items of one row each.
+
+One accumulator buffer per row, "global" scope and under 1 KiB: TVM 0.27's LowerTVMBuiltin keeps
+only those on the stack (where LLVM promotes them to registers) and turns "local" ones into a
+workspace allocation per work item.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from rnnc.compiler.tvm.emit import Emitter
+
+# store(e, i, col): the statements (inside `for c in T.unroll(panel)`) that store row m0 + i,
+# column `col` of each 16-lane block, from acc{i}[c, l]
+Store = Callable[[Emitter, int, str], None]
+
+
+def gemm(e: Emitter, *, tile: int, panel: int, panels: int, depth: int, x: Callable[[int], str],
+         store: Store, lead: int | None = None, scratch: Sequence[str] = ()) -> None:
+    """The tiled product, its work items in one `T.parallel` loop.
+
+    `x(i)`: the element X[m0 + i, k]; `lead`: a leading dimension of W and the output (a layer's
+    directions, index `d`), none for the dense head; `scratch`: buffers each work item allocates."""
+    e.line(f"nmt: T.let[T.int64] = rows // {tile}")
+    e.line(f"nm: T.let[T.int64] = nmt + rows % {tile}")
+    items = f"nm * {panels}" if lead is None else f"{lead} * nm * {panels}"
+    with e.block(f"for w in T.parallel({items}):"):
+        if lead is None:
+            e.line("pn: T.let[T.int64] = w // nm")
+        else:
+            e.line(f"d: T.let[T.int64] = w // (nm * {panels})")
+            e.line(f"pn: T.let[T.int64] = w % (nm * {panels}) // nm")
+        e.line("mi: T.let[T.int64] = w % nm")
+        e.lines(scratch)
+        w = f"W[{'' if lead is None else 'd, '}pn * {panel} + c, k, l]"
+        with e.block("if mi < nmt:"):
+            _tile(e, tile, f"mi * {tile}", panel, depth, x, w, store)
+        with e.block("else:"):
+            _tile(e, 1, f"nmt * {tile} + (mi - nmt)", panel, depth, x, w, store)
+
+
+def _tile(e: Emitter, rows: int, m0: str, panel: int, depth: int, x: Callable[[int], str], w: str,
+          store: Store) -> None:
+    e.line(f"m0: T.let[T.int64] = {m0}")
+    for i in range(rows):
+        e.line(f'acc{i} = T.alloc_buffer(({panel}, 16), "float32")')
+        with e.block(f"for c, l in T.grid({panel}, 16):"):
+            e.line(f"acc{i}[c, l] = T.float32(0)")
+    with e.block(f"for k in T.serial({depth}):"):
+        for i in range(rows):
+            with e.block(f"for c in T.unroll({panel}):"), e.block("for l in T.vectorized(16):"):
+                e.line(f"acc{i}[c, l] = acc{i}[c, l] + {x(i)} * {w}")
+    for i in range(rows):
+        with e.block(f"for c in T.unroll({panel}):"):
+            store(e, i, f"(pn * {panel} + c) * 16 + l")

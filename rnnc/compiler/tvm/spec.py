@@ -1,0 +1,166 @@
+"""What shapes the generated code of one recurrent node, the tile defaults, and the kernel signature.
+
+`LayerSpec` is read by both kernel generators (`kernels` for the CPU, `cuda` for the GPU);
+`signature(spec, target)` is the one statement of the layer kernel's parameters, in order, which
+both generators declare and the lowering passes its arguments in. `Tuning` holds the tile sizes
+that `tune.py` searches; its defaults are the defaults of every spec.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rnnc.compiler.tvm.emit import Param
+
+LANES = 16
+# multiply-adds per step (batch x gates x Hp^2) under which a layer runs serially: a
+# parallel step then costs more in its barrier (~0.2-1 us) than the second core saves
+SERIAL_BELOW = 1 << 17
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+ACTIVATIONS = ("Sigmoid", "Tanh", "Relu")
+TARGETS = ("llvm", "cuda")
+# Y layouts: Y's dims (D directions, H units, DH = D * H) and where (tt, d, b, j) lands.
+Y_LAYOUTS = {
+    "tdbh": (("seq", "D", "batch", "H"), "{tt}, d, {b}, {j}"),  # ONNX layout 0
+    "tbdh": (("seq", "batch", "DH"), "{tt}, {b}, d * {H} + {j}"),  # next layer's X, directions merged
+    "btdh": (("batch", "seq", "DH"), "{b}, {tt}, d * {H} + {j}"),  # batch-major, directions merged
+    "btd_h": (("batch", "seq", "D", "H"), "{b}, {tt}, d, {j}"),  # ONNX layout 1
+}
+# Y_h / Y_c layouts, likewise
+YH_LAYOUTS = {
+    "dbh": (("D", "batch", "H"), "d, {b}, {j}"),  # ONNX layout 0
+    "bdh": (("batch", "DH"), "{b}, d * {H} + {j}"),  # h_n batch-major, directions merged
+    "bd_h": (("batch", "D", "H"), "{b}, d, {j}"),  # ONNX layout 1
+}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The tile sizes `tune.py` searches; the defaults are what a build, a LayerSpec and a DenseSpec use untuned."""
+
+    # measured on a 2-core Sapphire Rapids at hidden 256, batch 16: (6, 6) 5-7% faster than (4, 4)
+    batch_tile: int = 6  # rows of a recurrent step's register tile (rows sharing one pass over R)
+    gemm_rows: int = 6  # rows of the input projection's and the dense head's register tile
+
+    def as_dict(self) -> dict[str, int]:
+        return {"batch_tile": self.batch_tile, "gemm_rows": self.gemm_rows}
+
+
+DEFAULT_TILES = Tuning()
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything that shapes the generated code of one recurrent node."""
+
+    cell: str  # lstm | gru | rnn
+    input_size: int
+    hidden: int
+    directions: tuple[str, ...] = ("forward",)  # each "forward" or "reverse"
+    x_layout: str = "tbi"  # tbi (time-major, ONNX layout 0) | bti (batch-major)
+    y_layout: str | None = "tdbh"  # None: Y not consumed
+    yh_layout: str | None = "dbh"
+    yc_layout: str | None = None  # LSTM only
+    activations: tuple[str, ...] = ()  # ONNX f, g(, h) per direction; () = the cell's defaults
+    clip: float | None = None
+    initial_h: bool = False
+    initial_c: bool = False
+    peepholes: bool = False  # LSTM only: ONNX's P (gate order i, o, f), after C0
+    linear_before_reset: bool = True  # GRU: False is ONNX's default, r applied before R (two phases)
+    seq_lens: bool = False  # ONNX sequence_lens: an int32 [batch] input after P (CPU only)
+    batch_tile: int = DEFAULT_TILES.batch_tile  # a partial last tile has its own variant
+    gemm_rows: int = DEFAULT_TILES.gemm_rows
+    serial_below: int = -1  # multiply-adds per step under which steps run serially; -1: SERIAL_BELOW
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    @property
+    def hp(self) -> int:
+        """Units padded to a multiple of 16 (the CPU kernels' column tiles)."""
+        return -(-self.hidden // LANES) * LANES
+
+    @property
+    def acts(self) -> tuple[str, ...]:
+        if self.activations:
+            return self.activations
+        defaults = {"lstm": ("Sigmoid", "Tanh", "Tanh"), "gru": ("Sigmoid", "Tanh"), "rnn": ("Tanh",)}
+        return defaults[self.cell] * len(self.directions)
+
+    def gemm_panel(self) -> int:
+        """Column blocks (16 wide) per GEMM register tile: the largest of 4..1 dividing G*Hp/16."""
+        return panel(self.gates * self.hp // LANES)
+
+
+def panel(blocks: int) -> int:
+    """Column blocks (16 wide) of a GEMM register tile: the largest of 4..1 dividing `blocks`."""
+    return next(n for n in (4, 3, 2, 1) if blocks % n == 0)
+
+
+def signature(spec: LayerSpec, target: str) -> tuple[Param, ...]:
+    """The layer kernel's parameters in order: X, W, R, Bias, [Rbn], [H0], [C0], [P], [Lens], then the
+    outputs Y, Yh, Yc whose layout is set. The weights' shapes are the target's packing: 16-wide
+    panels with H padded to Hp on the CPU (`kernels.pack`), transposed on CUDA (`cuda.pack`)."""
+    d, g, h, hp, i = len(spec.directions), spec.gates, spec.hidden, spec.hp, spec.input_size
+    if target == "llvm":
+        weights = {"W": (d, g * hp // LANES, i, LANES), "R": (d, hp // LANES, hp, g, LANES), "Bias": (d, g * hp),
+                   "Rbn": (d, hp), "P": (d, 3, hp)}
+    elif target == "cuda":
+        if spec.seq_lens:
+            raise ValueError("the CUDA layer kernel does not take sequence_lens")
+        weights = {"W": (d, i, g * h), "R": (d, h, g * h), "Bias": (d, g * h), "Rbn": (d, h), "P": (d, 3, h)}
+    else:
+        raise ValueError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
+    x = ("seq", "batch", i) if spec.x_layout == "tbi" else ("batch", "seq", i)
+    params = [Param("X", x), Param("W", weights["W"]), Param("R", weights["R"]), Param("Bias", weights["Bias"])]
+    if spec.cell == "gru" and spec.linear_before_reset:  # the new gate's Rb, applied inside r * (R h + Rb)
+        params.append(Param("Rbn", weights["Rbn"]))
+    if spec.initial_h:
+        params.append(Param("H0", (d, "batch", h)))
+    if spec.initial_c:
+        params.append(Param("C0", (d, "batch", h)))
+    if spec.peepholes:
+        params.append(Param("P", weights["P"]))
+    if spec.seq_lens:
+        params.append(Param("Lens", ("batch",), "int32"))
+    dims = {"D": d, "H": h, "DH": d * h}
+    for name, layout, table in (("Y", spec.y_layout, Y_LAYOUTS), ("Yh", spec.yh_layout, YH_LAYOUTS),
+                                ("Yc", spec.yc_layout, YH_LAYOUTS)):
+        if layout:
+            params.append(Param(name, tuple(dims.get(s, s) for s in table[layout][0]), output=True))
+    return tuple(params)
+
+
+def y_index(spec: LayerSpec, tt: str, b: str, j: str) -> str:
+    """Where unit j of row b at step tt lands in Y, in its layout."""
+    return Y_LAYOUTS[spec.y_layout][1].format(tt=tt, b=b, j=j, H=spec.hidden)
+
+
+def state_index(layout: str, spec: LayerSpec, b: str, j: str) -> str:
+    """Where unit j of row b lands in Y_h or Y_c, in `layout`."""
+    return YH_LAYOUTS[layout][1].format(b=b, j=j, H=spec.hidden)
+
+
+def time_index(spec: LayerSpec) -> str:
+    """tt: the step a direction handles at iteration t (reverse runs T-1 .. 0)."""
+    dirs = spec.directions
+    if dirs == ("forward",):
+        return "tt: T.let[T.int64] = t"
+    if dirs == ("reverse",):
+        return "tt: T.let[T.int64] = seq - 1 - t"
+    if dirs == ("forward", "reverse"):
+        return "tt: T.let[T.int64] = t + d * (seq - 1 - 2 * t)"
+    return "tt: T.let[T.int64] = seq - 1 - t + d * (2 * t + 1 - seq)"  # (reverse, forward)
+
+
+def check(spec: LayerSpec) -> None:
+    """Refuse a spec no generator implements (the lowering words the user-facing errors)."""
+    assert spec.cell in GATES, spec.cell
+    assert all(d in ("forward", "reverse") for d in spec.directions) and 1 <= len(spec.directions) <= 2
+    assert spec.x_layout in ("tbi", "bti")
+    assert spec.y_layout is None or spec.y_layout in Y_LAYOUTS
+    assert spec.yh_layout is None or spec.yh_layout in YH_LAYOUTS
+    assert spec.yc_layout is None or (spec.cell == "lstm" and spec.yc_layout in YH_LAYOUTS)
+    assert not (spec.peepholes or spec.initial_c) or spec.cell == "lstm"
+    assert all(a in ACTIVATIONS for a in spec.acts)
+    assert spec.batch_tile >= 1 and spec.gemm_rows >= 1

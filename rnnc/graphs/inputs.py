@@ -1,0 +1,89 @@
+"""The one checked boundary for the arrays a user hands to a model (SPEC section 2, exit code 2).
+
+Every backend's runner and the Python API pass the user's arrays through `check_inputs` before
+any runtime sees them, so a wrong array is refused the same way everywhere, with one line naming
+the input, what was expected and what came. Left to the runtimes, the same mistakes give a
+traceback (a wrong feature size), abort the process (an empty batch in ONNX Runtime) or, worst,
+answer: an out-of-range token id makes a compiled embedding lookup read past its table.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from rnnc.errors import UserError
+from rnnc.records.manifest import TensorInfo
+
+Arrays = dict[str, np.ndarray]
+
+
+def check_inputs(inputs: Sequence[TensorInfo], arrays: Mapping[str, Any]) -> Arrays:
+    """The arrays as the model takes them (dtype converted, C-contiguous), or a `UserError`.
+
+    Checked: the names; each array's rank and every fixed size; symbolic sizes >= 1 and the same
+    for every input that shares an axis name (`batch`, `seq`); a numeric dtype (integer inputs take
+    integers only, float inputs any real number); integer ids in [0, high) where the model bounds
+    them (token ids < vocabulary size).
+    """
+    names = [t.name for t in inputs]
+    missing = [n for n in names if n not in arrays]
+    unknown = [n for n in arrays if n not in names]
+    if missing or unknown:
+        raise UserError(f"inputs {sorted(arrays)} do not match the model's inputs {names}"
+                        + (f": missing {missing}" if missing else "") + (f": unknown {unknown}" if unknown else ""))
+    sizes: dict[str, tuple[int, str]] = {}  # symbolic axis -> (size, the input that fixed it)
+    checked = {}
+    for info in inputs:
+        a = _array(info, arrays[info.name])
+        _check_shape(info, a.shape, sizes)
+        checked[info.name] = np.ascontiguousarray(_converted(info, a))
+    return checked
+
+
+def _array(info: TensorInfo, value: Any) -> np.ndarray:
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"input {info.name!r}: not an array ({err})") from None
+    if a.dtype.kind not in "biuf":
+        raise UserError(f"input {info.name!r}: expected {info.dtype} numbers, got an array of {a.dtype}")
+    return a
+
+
+def _check_shape(info: TensorInfo, shape: tuple[int, ...], sizes: dict[str, tuple[int, str]]) -> None:
+    expected = "(" + ", ".join(str(d) for d in info.dims) + ")"
+    if len(shape) != len(info.dims):
+        raise UserError(f"input {info.name!r}: expected rank {len(info.dims)} {expected}, "
+                        f"got shape {tuple(shape)} of rank {len(shape)}")
+    for axis, (want, got) in enumerate(zip(info.dims, shape)):
+        if isinstance(want, int):
+            if got != want:
+                raise UserError(f"input {info.name!r}: expected size {want} on axis {axis} {expected}, "
+                                f"got shape {tuple(shape)}")
+            continue
+        if got < 1:
+            raise UserError(f"input {info.name!r}: {want} (axis {axis}) must be >= 1, got {got} "
+                            f"in shape {tuple(shape)}")
+        seen = sizes.setdefault(want, (got, info.name))
+        if seen[0] != got:
+            raise UserError(f"input {info.name!r}: {want} is {got} (axis {axis}), but {seen[0]} in "
+                            f"input {seen[1]!r}: inputs that share an axis must agree")
+
+
+def _converted(info: TensorInfo, a: np.ndarray) -> np.ndarray:
+    want = np.dtype(info.dtype)
+    if want.kind in "iu":
+        if a.dtype.kind not in "iu":
+            raise UserError(f"input {info.name!r}: expected integer ids ({info.dtype}), got {a.dtype}")
+        if a.size:
+            low, high = int(a.min()), int(a.max())
+            top = info.high if info.high is not None else int(np.iinfo(want).max) + 1
+            bottom = 0 if info.high is not None else int(np.iinfo(want).min)
+            if low < bottom or high >= top:
+                bad = low if low < bottom else high
+                what = f"token ids in [0, {info.high})" if info.high is not None else f"values that fit {want}"
+                raise UserError(f"input {info.name!r}: expected {what}, got {bad}")
+    elif a.dtype.kind == "b" and want.kind != "b":
+        raise UserError(f"input {info.name!r}: expected {info.dtype} numbers, got an array of {a.dtype}")
+    return a if a.dtype == want else a.astype(want)

@@ -1,0 +1,199 @@
+"""report.json (SPEC section 4): its rows as frozen records, its version history, atomic writes.
+
+A `Row` is validated when the bench builds it (a row that ran has every timed key and positive,
+finite samples; one that did not has a reason), and again when a file is read back. The document
+around the rows stays plain JSON data: the renderer and the gate read it as such. Versions:
+- 1: the first landing;
+- 2: each row records the `precision` it ran (`fp32` unless the spec's dtype says otherwise).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from rnnc.errors import UserError
+from rnnc.records.manifest import PRECISIONS
+
+FORMAT = "rnnc-bench-report"
+VERSION = 2
+RowKey = tuple[str, str, int, int]  # model, backend, batch size, sequence length
+
+TIMED_KEYS = ("samples_ms", "median_ms", "iqr_ms", "p90_ms", "p99_ms", "sequences_per_s", "tokens_per_s")
+STATUSES = ("ok", "skipped", "failed")
+
+
+class Row(BaseModel):
+    """One (model, backend, batch size, sequence length) of a bench."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    backend: str
+    batch_size: int
+    seq_len: int
+    status: Literal["ok", "skipped", "failed"]
+    precision: str = "fp32"
+    reason: Optional[str] = None
+    samples_ms: Optional[tuple[float, ...]] = None
+    preempted_ms: Optional[tuple[float, ...]] = None
+    median_ms: Optional[float] = None
+    iqr_ms: Optional[float] = None
+    q1_ms: Optional[float] = None
+    q3_ms: Optional[float] = None
+    p90_ms: Optional[float] = None
+    p99_ms: Optional[float] = None
+    mean_ms: Optional[float] = None
+    min_ms: Optional[float] = None
+    cv: Optional[float] = None
+    sequences_per_s: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    loops: Optional[int] = None
+    warmup_calls: Optional[int] = None
+    first_call_ms: Optional[float] = None
+    warning: Optional[str] = None
+    check: Optional[dict[str, Any]] = None
+    has_samples: Optional[bool] = None  # False: a pytest-benchmark row without its samples
+    test_extra_work: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Row:
+        if self.status == "ok":
+            absent = [k for k in TIMED_KEYS if getattr(self, k) is None]
+            if absent:
+                raise ValueError(f"a row that ran needs {', '.join(absent)}")
+            if not self.samples_ms or not all(math.isfinite(v) and v > 0 for v in self.samples_ms):
+                raise ValueError("samples_ms must be a non-empty list of positive numbers")
+        elif not self.reason:
+            raise ValueError("a row that did not run needs a reason")
+        return self
+
+    @property
+    def key(self) -> RowKey:
+        return (self.model, self.backend, self.batch_size, self.seq_len)
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as report.json holds it (absent fields left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def row_key(row: dict[str, Any] | Row) -> RowKey:
+    if isinstance(row, Row):
+        return row.key
+    return (str(row["model"]), str(row["backend"]), int(row["batch_size"]), int(row["seq_len"]))
+
+
+def new_report(target: str, environment: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "rnnc",
+        "target": target,
+        "environment": environment,
+        "settings": settings,
+        "calibration": {"workload": None, "samples_ms": []},
+        "models": {},
+        "rows": [],
+        "finished": False,
+    }
+
+
+def _v1_to_v2(report: dict[str, Any]) -> dict[str, Any]:
+    models = report.get("models") if isinstance(report.get("models"), dict) else {}
+
+    def precision(row: Any) -> str:
+        spec = (models.get(row.get("model")) or {}).get("spec") if isinstance(row, dict) else None
+        return PRECISIONS.get((spec or {}).get("dtype", "float32"), "fp32")
+
+    rows = [{**r, "precision": r.get("precision", precision(r))} if isinstance(r, dict) else r
+            for r in report.get("rows") or []]
+    return {**report, "version": 2, "rows": rows}
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def upgrade(report: Any) -> Any:
+    """An rnnc report of an older version mapped forward; anything else returned as it came."""
+    if not isinstance(report, dict) or report.get("format") != FORMAT:
+        return report
+    while report.get("version") in UPGRADES:
+        report = UPGRADES[report["version"]](report)
+    return report
+
+
+def validate_report(report: Any) -> list[str]:
+    """Every problem with a report's structure, one line each (empty when it is valid)."""
+    if not isinstance(report, dict):
+        return ["not a JSON object"]
+    if report.get("format") != FORMAT:
+        return [f"not an rnnc bench report (format {report.get('format')!r}, expected {FORMAT!r})"]
+    if report.get("version") != VERSION:
+        return [f"report version {report.get('version')!r} is not one this rnnc reads (version {VERSION} "
+                "and the older ones it upgrades)"]
+    problems = [f"{key}: missing or not a {kind.__name__}"
+                for key, kind in (("models", dict), ("rows", list), ("calibration", dict), ("target", str))
+                if not isinstance(report.get(key), kind)]
+    if problems:
+        return problems
+    for i, row in enumerate(report["rows"]):
+        where = f"rows[{i}]"
+        if not isinstance(row, dict):
+            problems.append(f"{where}: not an object")
+            continue
+        try:
+            Row.model_validate(row)
+        except ValidationError as err:
+            problems.append(f"{where}: {_first(err)}")
+            continue
+        if row["model"] not in report["models"]:
+            problems.append(f"{where}: model {row['model']!r} is not in models")
+    return problems
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """An rnnc report file, upgraded and validated; a `UserError` naming the first problem."""
+    data = read_json(path)
+    return checked(upgrade(data), path)
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such report file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def checked(report: Any, path: Path) -> dict[str, Any]:
+    problems = validate_report(report)
+    if problems:
+        raise UserError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return report
+
+
+def write_atomic(path: Path, report: dict[str, Any]) -> None:
+    """Write through a temporary file and a rename, so a killed run never leaves half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _first(err: ValidationError) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing":
+        return f"missing {where}"
+    return f"{where}: {msg}" if where else msg
