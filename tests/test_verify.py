@@ -1,23 +1,16 @@
 """`verify.compare`: worst absolute and normwise relative error over named outputs, and its problems."""
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from rnnc.records.manifest import Errors
 from rnnc.verify import compare
-
-
-def _get(errors: Any, name: str) -> Any:
-    """A field of compare's result, whether it is a record (attribute) or a dict (item)."""
-    return getattr(errors, name) if hasattr(errors, name) else errors[name]
 
 
 def _errors(outputs: dict, reference: dict) -> tuple[float, float, list[str]]:
     e = compare(outputs, reference)
-    problems = _get(e, "problems")
-    assert isinstance(problems, (list, tuple)) and all(isinstance(p, str) for p in problems)
-    return _get(e, "max_abs_err"), _get(e, "rel_err"), list(problems)
+    assert isinstance(e, Errors) and all(isinstance(p, str) for p in e.problems)
+    return e.max_abs_err, e.rel_err, list(e.problems)
 
 
 REF = np.array([[1.0, -4.0], [2.0, 0.5]])
