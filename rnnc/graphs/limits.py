@@ -36,6 +36,7 @@ EXPORT_BYTES = 4 + 8 + 8 + 12 + 12  # per allocated parameter, see the module's 
 COMPILE_BYTES = 4 + 8 + 4 + 3 * 4 + 24
 BYTES_PER_PARAMETER = max(EXPORT_BYTES, COMPILE_BYTES)
 FIXED_BYTES = 2**30
+ONNX_LIMIT = 2**31  # bytes in one protobuf message, and so in one ONNX file without external data
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
 
 
@@ -97,9 +98,10 @@ def dominant_field(spec: ModelSpec) -> str:
 
 
 def check_limits(spec: ModelSpec, memory: int | None = None) -> None:
-    """Refuse, with one line, a spec whose compile needs more memory than this machine has.
+    """Refuse, with one line, a spec whose compile needs more memory than this machine has, or
+    whose weights do not fit in one ONNX file (protobuf holds at most 2 GiB in one message).
 
-    `memory` defaults to `host.memory_bytes()`; when that is unknown (0) nothing is refused.
+    `memory` defaults to `host.memory_bytes()`; when that is unknown (0) the memory is not checked.
     """
     memory = host.memory_bytes() if memory is None else memory
     needed = compile_bytes(spec)
@@ -108,6 +110,12 @@ def check_limits(spec: ModelSpec, memory: int | None = None) -> None:
             f"{dominant_field(spec)}: this model has {_sci(parameter_count(spec))} parameters and needs "
             f"about {_sci(needed)} bytes ({binary_size(needed)}) to compile; "
             f"this machine has {binary_size(memory)}")
+    weights = 4 * allocated_parameters(spec)  # float32 initializers of model.onnx
+    if weights >= ONNX_LIMIT:
+        raise UserError(
+            f"{dominant_field(spec)}: this model has {_sci(parameter_count(spec))} parameters, "
+            f"{binary_size(weights)} of float32 weights: more than the {binary_size(ONNX_LIMIT)} one ONNX "
+            "file can hold (protobuf's limit)")
 
 
 def binary_size(n: int) -> str:

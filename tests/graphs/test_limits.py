@@ -90,8 +90,10 @@ def test_the_dominant_field_is_named(field, overrides) -> None:
         check_limits(_spec(**overrides), memory=16 * GiB)
 
 
-def test_unknown_memory_refuses_nothing() -> None:
-    check_limits(_spec(hidden=100_000_000), memory=0)
+def test_unknown_memory_refuses_only_what_no_onnx_file_holds() -> None:
+    check_limits(_spec(hidden=10_000), memory=0)  # 4.0e8 parameters, 1.5 GiB of weights: fits one file
+    with pytest.raises(UserError, match="one ONNX file can hold"):
+        check_limits(_spec(hidden=100_000_000), memory=0)
 
 
 def test_sizes_beyond_a_float_still_print() -> None:
@@ -121,3 +123,14 @@ def test_memory_bytes_is_the_physical_memory_at_most() -> None:
         assert memory <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError):
         pass
+
+
+def test_weights_past_one_onnx_file_are_refused_on_any_machine():
+    # hidden 12000: 4 * 12000 * (40 + 12000) + biases, about 578M parameters, 2.2 GiB of float32
+    spec = parse_spec({"name": "big", "input": {"type": "features", "features": 40},
+                       "rnn": {"cell": "lstm", "hidden_size": 12000}})
+    with pytest.raises(UserError) as err:
+        check_limits(spec, memory=2**50)
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith("rnn.hidden_size: this model has 5.8e+08 parameters, 2.2 GiB")
+    assert "one ONNX file can hold" in err.value.problems[0]
