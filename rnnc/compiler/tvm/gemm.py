@@ -48,14 +48,21 @@ def gemm(e: Emitter, *, tile: int, panel: int, panels: int, depth: int, x: Calla
 def _tile(e: Emitter, rows: int, m0: str, panel: int, depth: int, x: Callable[[int], str], w: str,
           store: Store) -> None:
     e.line(f"m0: T.let[T.int64] = {m0}")
-    for i in range(rows):
-        e.line(f'acc{i} = T.alloc_buffer(({panel}, 16), "float32")')
-        with e.block(f"for c, l in T.grid({panel}, 16):"):
-            e.line(f"acc{i}[c, l] = T.float32(0)")
-    with e.block(f"for k in T.serial({depth}):"):
-        for i in range(rows):
-            with e.block(f"for c in T.unroll({panel}):"), e.block("for l in T.vectorized(16):"):
-                e.line(f"acc{i}[c, l] = acc{i}[c, l] + {x(i)} * {w}")
+    accumulate(e, rows, panel, "c", depth, lambda i: f"{x(i)} * {w}")
     for i in range(rows):
         with e.block(f"for c in T.unroll({panel}):"):
             store(e, i, f"(pn * {panel} + c) * 16 + l")
+
+
+def accumulate(e: Emitter, rows: int, width: int, var: str, depth: int, term: Callable[[int], str]) -> None:
+    """`acc{i}[var, l] = sum over k < depth of term(i)` for rows i < `rows`, in registers: one
+    accumulator of `width` 16-lane blocks per row ("global" scope, see above). Both register tiles
+    of the CPU kernels are this: the GEMM's (X @ W) and the recurrent step's (H @ R)."""
+    for i in range(rows):
+        e.line(f'acc{i} = T.alloc_buffer(({width}, 16), "float32")')
+        with e.block(f"for {var}, l in T.grid({width}, 16):"):
+            e.line(f"acc{i}[{var}, l] = T.float32(0)")
+    with e.block(f"for k in T.serial({depth}):"):
+        for i in range(rows):
+            with e.block(f"for {var} in T.unroll({width}):"), e.block("for l in T.vectorized(16):"):
+                e.line(f"acc{i}[{var}, l] = acc{i}[{var}, l] + {term(i)}")

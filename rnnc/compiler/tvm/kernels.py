@@ -36,7 +36,7 @@ import numpy as np
 
 from rnnc.compiler.tvm import cell
 from rnnc.compiler.tvm.emit import Emitter, prim_func
-from rnnc.compiler.tvm.gemm import gemm
+from rnnc.compiler.tvm.gemm import accumulate, gemm
 from rnnc.compiler.tvm.spec import (ACTIVATIONS, LANES, SERIAL_BELOW, LayerSpec, check, signature, state_index,
                                     time_index)
 
@@ -240,14 +240,7 @@ def _recurrent_product(e: Emitter, spec: LayerSpec, rows: int, phase: str) -> No
     gates = {"full": list(range(g_)), "zr": [0, 1], "n": [2]}[phase]
     src = "RH[d, b0 + {i}, k]" if phase == "n" else "Hs[cur, d, b0 + {i}, k]"
     ng, g0 = len(gates), gates[0]
-    for i in range(rows):
-        e.line(f'acc{i} = T.alloc_buffer(({ng}, 16), "float32")')
-        with e.block(f"for g, l in T.grid({ng}, 16):"):
-            e.line(f"acc{i}[g, l] = T.float32(0)")
-    with e.block(f"for k in T.serial({spec.hp}):"):
-        for i in range(rows):
-            with e.block(f"for g in T.unroll({ng}):"), e.block("for l in T.vectorized(16):"):
-                e.line(f"acc{i}[g, l] = acc{i}[g, l] + {src.format(i=i)} * R[d, jo, k, g + {g0}, l]")
+    accumulate(e, rows, ng, "g", spec.hp, lambda i: f"{src.format(i=i)} * R[d, jo, k, g + {g0}, l]")
     for i in range(rows):
         tt = "tt"
         if spec.seq_lens:  # each row has its own step under sequence_lens (reverse starts at len - 1)
