@@ -29,13 +29,10 @@ def load_model(path: str | Path, shapes: dict[str, tuple[int, ...]] | None = Non
     if suffix == ".onnx":
         from rnnc.graphs.from_onnx import model_from_onnx
 
-        model = model_from_onnx(path, shapes)
-    else:
-        from rnnc.graphs.from_torchscript import model_from_torchscript
+        return model_from_onnx(path, shapes)
+    from rnnc.graphs.from_torchscript import model_from_torchscript
 
-        model = model_from_torchscript(path, shapes)
-    model.origin = path
-    return model
+    return model_from_torchscript(path, shapes)
 
 
 def model_from_source(source: dict[str, Any], directory: Path) -> Model:
@@ -52,6 +49,5 @@ def model_from_source(source: dict[str, Any], directory: Path) -> Model:
             from rnnc.graphs.from_torchscript import model_from_torchscript as rebuild
         model = rebuild(directory / source["file"], source.get("shapes"))
         model.name = source.get("name", model.name)  # the copy is named source.*, the model is not
-        model.origin = directory / source["file"]
         return model
     raise UserError(f"{directory}/manifest.json: unknown source kind {kind!r}")

@@ -110,9 +110,9 @@ def test_tuning_is_cached_and_reused(tmp_path):
 
 
 def test_cuda_without_a_device_is_built_not_verified(tmp_path):
+    if why := host.cuda_build_reason():  # CI has nvcc and TVM's CUDA codegen: there this runs
+        pytest.skip(f"no CUDA build on this machine ({why}): nothing to cross-compile with")
     reason = backend.runnable("cuda")
-    if host.cuda_build_reason():
-        pytest.skip(host.cuda_build_reason())
     model = _spec(cell="gru", mode="many_to_one", dense={"units": 2, "activation": "softmax"})
     artifacts = backend.build(model, tmp_path, "cuda", {})
     assert (tmp_path / "tvm" / "model.so").is_file() and artifacts
