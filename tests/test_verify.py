@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rnnc.records.manifest import Errors
 from rnnc.verify import compare
@@ -75,3 +76,31 @@ def test_float32_output_against_float64_reference() -> None:
 def test_errors_are_plain_floats() -> None:
     abs_err, rel_err, _ = _errors({"output": np.float32(3.0) * np.ones(2)}, {"output": np.full(2, 2.0)})
     assert type(abs_err) is float and type(rel_err) is float and (abs_err, rel_err) == (1.0, 0.5)
+
+
+def test_verify_is_normwise_over_every_shape() -> None:
+    """rel_err = the worst output's largest error over all shapes / its largest |reference| over
+    all shapes; each shape keeps its own errors in per_shape. A runner off by a fixed 1e-6 passes
+    even where one shape's outputs are small, and one off by 1e-3 fails."""
+    from rnnc.graphs.from_spec import model_from_spec
+    from rnnc.graphs.spec import parse_spec
+    from rnnc.targets.base import Runner
+    from rnnc.verify import verify
+    from tests.conftest import make_spec
+
+    model = model_from_spec(parse_spec(make_spec()))
+
+    class Off(Runner):
+        def __init__(self, delta: float) -> None:
+            super().__init__(model.inputs, model.output_names)
+            self.delta = delta
+
+        def _prepare(self, arrays):
+            return lambda: {k: v + self.delta for k, v in model.reference64(arrays).items()}
+
+    results = verify(model, {"close": Off(1e-7), "far": Off(1e-3)}, [(1, 1), (3, 5)], seed=3)
+    close = results["close"]
+    scale = max(1e-7 / s.rel_err for s in close.per_shape)  # max|ref| of each shape, the largest
+    assert close.passed and close.rel_err == pytest.approx(1e-7 / scale, rel=1e-6)
+    assert close.rel_err <= max(s.rel_err for s in close.per_shape)
+    assert not results["far"].passed
