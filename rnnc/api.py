@@ -22,6 +22,7 @@ from rnnc.records.manifest import BackendRecord, Manifest
 from rnnc.reports import render
 from rnnc.targets.base import Runner
 from rnnc.verify import verify as verify_runners
+from rnnc.verify import verify_chain
 
 __all__ = ["bench", "compile", "load", "open_dir", "run", "verify"]
 ALL_CORES = host.cpu_count()
@@ -36,11 +37,15 @@ def compile(  # noqa: A001 - the command's own name
     options: dict[str, Any] | None = None,
     progress: Progress = SILENT,
     threads: int | None = ALL_CORES,
+    *,
+    bind: dict[str, np.ndarray] | None = None,
+    state: dict[str, str] | None = None,
 ) -> tuple[Manifest, Path]:
-    """Build, lower and verify a spec or model file; returns the manifest and the output DIR."""
+    """Build, lower and verify a spec or model file; returns the manifest and the output DIR.
+    For a model file, `bind` fixes inputs to constants and `state` pairs state inputs with outputs."""
     targets.check_target(target)
     backends = list(backends) if backends is not None else list(targets.names())
-    model = load_model(source, shapes)
+    model = load_model(source, shapes, bind, state)
     out_dir = Path(out) if out is not None else Path("build") / f"{model.name}-{target}"
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a directory")
@@ -64,15 +69,26 @@ def verify(
     shapes: dict[str, tuple[int, ...]] | None = None,
     progress: Progress = SILENT,
     threads: int | None = ALL_CORES,
+    *,
+    bind: dict[str, np.ndarray] | None = None,
+    state: dict[str, str] | None = None,
+    chain: int | None = None,
 ) -> Manifest:
     """Verify a compiled DIR (its artifacts, against a reference rebuilt from the source) or a
-    spec/model file (compiled into a temporary DIR first). Returns a manifest-shaped record."""
+    spec/model file (compiled into a temporary DIR first). Returns a manifest-shaped record.
+    `chain`: also N consecutive calls with the state carried (`verify_chain`); a backend that
+    passes the per-shape check is then judged, and its errors reported, over the chain."""
     source = Path(source)
     if not source.is_dir():
         with tempfile.TemporaryDirectory(prefix="rnnc-verify-") as tmp:
-            manifest, _ = compile(source, target or "cpu", backends, Path(tmp), shapes, None, progress, threads)
+            manifest, _ = compile(source, target or "cpu", backends, Path(tmp), shapes, None, progress, threads,
+                                  bind=bind, state=state)
+            if chain:
+                return verify(Path(tmp), target, backends, progress=progress, threads=threads, chain=chain)
             return manifest
     manifest, model = open_dir(source)
+    if chain and not model.state:
+        raise UserError(f"--chain: {source} has no state pairs (compile it with --state IN=OUT)")
     target = pipeline.check_target(source, manifest, target)
     chosen = list(backends) if backends is not None else list(manifest.backends)
     records: dict[str, BackendRecord] = {}
@@ -95,7 +111,12 @@ def verify(
             records[name] = record.but(status="failed", reason=f"cannot load: {type(err).__name__}: {err}",
                                        verification=None)
     manifest = manifest.with_backends(records)
-    return pipeline.apply_verification(manifest, verify_runners(model, runners, model.shapes, progress=progress))
+    results = verify_runners(model, runners, model.shapes, progress=progress)
+    if chain:
+        chained = verify_chain(model, {n: r for n, r in runners.items() if results[n].passed}, chain,
+                               progress=progress)
+        results.update(chained)
+    return pipeline.apply_verification(manifest, results)
 
 
 def run(directory: str | Path, backend: str, inputs: str | Path, out: str | Path | None = None,

@@ -52,6 +52,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="layer table with output shapes and parameter counts")
     p.add_argument("spec")
     p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
+    p.add_argument("--bind", help="inputs of a model file fixed at compile time, e.g. sr=16000 or w=w.npy")
+    p.add_argument("--state", help="state pairs of a model file, IN=OUT,... (found by name where unambiguous)")
     p.set_defaults(handler=_summary)
 
     p = sub.add_parser("compile", help="build, lower, verify and write DIR")
@@ -60,6 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default="all", help="comma list of backends, or all (default)")
     p.add_argument("--out", help="output directory (default build/<name>-<target>/)")
     p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
+    p.add_argument("--bind", help="inputs of a model file fixed at compile time, e.g. sr=16000 or w=w.npy")
+    p.add_argument("--state", help="state pairs of a model file, IN=OUT,... (found by name where unambiguous)")
     p.add_argument("--tune", type=float, metavar="SECONDS", default=0.0,
                    help="time budget for tuning the TVM kernels (cached on disk)")
     p.set_defaults(handler=_compile)
@@ -69,6 +73,10 @@ def _build_parser() -> argparse.ArgumentParser:
     _target(p, required=False)
     p.add_argument("--backends", default=None, help="comma list of backends, or all (default)")
     p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
+    p.add_argument("--bind", help="inputs of a model file fixed at compile time, e.g. sr=16000 or w=w.npy")
+    p.add_argument("--state", help="state pairs of a model file, IN=OUT,... (found by name where unambiguous)")
+    p.add_argument("--chain", type=_int_list("--chain"), metavar="N",
+                   help="also N consecutive calls with the state carried; the worst error over the chain")
     p.set_defaults(handler=_verify)
 
     p = sub.add_parser("bench", help="throughput per sequence length and batch size")
@@ -83,6 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default="all",
                    help="threads per runtime: all (every core, the default), N, or default (each runtime's own)")
     p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
+    p.add_argument("--bind", help="inputs of a model file fixed at compile time, e.g. sr=16000 or w=w.npy")
+    p.add_argument("--state", help="state pairs of a model file, IN=OUT,... (found by name where unambiguous)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("report", help="render Markdown and HTML with plots from a report")
@@ -144,6 +154,16 @@ def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
     return parse_shapes(args.shapes)
 
 
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--bind and --state, parsed (each problem one line, exit 2)."""
+    from rnnc.graphs.bind import parse_bind
+    from rnnc.graphs.state import parse_state
+
+    bind = parse_bind(args.bind) if getattr(args, "bind", None) else None
+    state = parse_state(args.state) if getattr(args, "state", None) else None
+    return {"bind": bind, "state": state}
+
+
 def _progress() -> Progress:
     return Progress(sys.stderr)
 
@@ -152,7 +172,7 @@ def _summary(args: argparse.Namespace) -> int:
     from rnnc.graphs import load_model
     from rnnc.graphs.summary import render, summarize
 
-    model = load_model(args.spec, _shapes(args))
+    model = load_model(args.spec, _shapes(args), **_model_options(args))
     print(render(model, summarize(model)))
     return 0
 
@@ -171,7 +191,8 @@ def _compile(args: argparse.Namespace) -> int:
     if args.tune < 0:
         raise UserError(f"--tune: must be >= 0 seconds, got {args.tune}")
     manifest, out_dir = api.compile(args.spec, args.target, backends, args.out, _shapes(args),
-                                    {"tune_s": args.tune, "tune_cache": _tune_cache()}, _progress())
+                                    {"tune_s": args.tune, "tune_cache": _tune_cache()}, _progress(),
+                                    **_model_options(args))
     print(_table(manifest))
     print(f"wrote {out_dir}/manifest.json")
     return exit_code(manifest)
@@ -182,7 +203,9 @@ def _verify(args: argparse.Namespace) -> int:
     from rnnc.pipeline import exit_code
 
     backends = targets.parse_backends(args.backends) if args.backends else None
-    manifest = api.verify(args.spec, args.target, backends, _shapes(args), _progress())
+    chain = args.chain[0] if args.chain else None
+    manifest = api.verify(args.spec, args.target, backends, _shapes(args), _progress(), chain=chain,
+                          **_model_options(args))
     print(_table(manifest))
     return exit_code(manifest)
 
@@ -197,7 +220,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = api.bench(args.spec, args.target or "cpu", backends, seq_lens=args.seq_lens,
                        batch_sizes=args.batch_sizes, out_dir=Path(args.out) if args.out else None,
                        resume=args.resume, check=args.check, progress=_progress(), threads=threads,
-                       shapes=_shapes(args))
+                       shapes=_shapes(args), **_model_options(args))
     print(results_table(report))
     for path in report.get("written", []):
         print(f"wrote {path}")

@@ -39,7 +39,8 @@ def compile_model(
     if model.origin is not None and "file" in model.source:  # what `verify DIR` rebuilds from
         if model.origin.resolve() != (out_dir / model.source["file"]).resolve():
             shutil.copyfile(model.origin, out_dir / model.source["file"])
-    save_onnx(model.onnx, out_dir / "model.onnx")  # the exported graph, whatever the backends
+    if model.onnx is not None:  # the exported graph, whatever the backends (none: extra["no_onnx"] says why)
+        save_onnx(model.onnx, out_dir / "model.onnx")
     manifest = new_manifest(model, target)
 
     runners: dict[str, Runner] = {}
@@ -83,7 +84,7 @@ def new_manifest(model: Model, target: str) -> Manifest:
     return Manifest(name=model.name, spec=model.source.get("spec"), source=model.source, target=target,
                     host=host.cpu(), versions=host.versions(),
                     io={"inputs": model.inputs, "outputs": model.outputs},
-                    shapes=tuple(tuple(s) for s in model.shapes), dtype=model.dtype)
+                    shapes=tuple(tuple(s) for s in model.shapes), dtype=model.dtype, state=model.state)
 
 
 def apply_verification(manifest: Manifest, results: dict[str, Verification]) -> Manifest:

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rnnc.errors import UserError
 from rnnc.graphs.model import Arrays, Model
 from rnnc.progress import SILENT, Progress
 from rnnc.records.manifest import Errors, ShapeErrors, Verification
@@ -124,3 +125,63 @@ def summarize(per_shape: Sequence[ShapeErrors], rel_err: float, limit: float, se
                         passed=not problems and rel is not None and rel <= limit, tolerance=limit,
                         inputs_seed=seed, shapes=tuple((s.batch, s.seq) for s in per_shape),
                         per_shape=tuple(per_shape), problems=problems)
+
+
+def verify_chain(
+    model: Model,
+    runners: dict[str, Runner],
+    calls: int,
+    seed: int | None = None,
+    progress: Progress = SILENT,
+) -> dict[str, Verification]:
+    """`calls` consecutive calls at the model's first shape, each call's state outputs fed back as
+    the next call's state inputs: every backend carries its own state and the float64 reference
+    its own, so drift across calls shows (a kernel right for one call that drifts over a thousand
+    fails). The other inputs are fresh each call, the same for all. Errors: the worst over the
+    chain (normwise per output over every call)."""
+    pairs = model.state
+    if not pairs:
+        raise UserError(f"--chain: model {model.name!r} has no state pairs; declare them with --state IN=OUT")
+    if calls < 1:
+        raise UserError(f"--chain: needs at least 1 call, got {calls}")
+    seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+    rng = np.random.default_rng(seed)
+    batch, seq = model.shapes[0]
+    limit = tolerance(model.dtype)
+    first = model.random_inputs(batch, seq, rng)
+    dtypes = {t.name: t.dtype for t in model.inputs}
+    reference_state = {k: np.asarray(first[k], np.float64) for k in pairs}
+    states = {name: {k: first[k] for k in pairs} for name in runners}
+    seen: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in runners}
+    problems: dict[str, list[str]] = {name: [] for name in runners}
+    for call in range(calls):
+        progress.update(call, calls, f"chain call {call + 1}/{calls}")
+        fresh = {k: v for k, v in model.random_inputs(batch, seq, rng).items() if k not in pairs}
+        want = {k: np.asarray(v, np.float64) for k, v in model.reference64({**fresh, **reference_state}).items()}
+        for name, runner in runners.items():
+            if problems[name]:
+                continue  # already failed: its state is no longer comparable
+            try:
+                got = runner(**fresh, **states[name])
+                errors, found = output_errors(got, want)
+            except Exception as err:  # noqa: BLE001 - a backend crashing is a failed check
+                errors, found = {}, [f"{type(err).__name__}: {err}"]
+            if found:
+                problems[name] = [f"call {call + 1}: {p}" for p in found]
+                continue
+            for out, (e, scale) in errors.items():
+                before = seen[name].get(out, (0.0, 0.0))
+                seen[name][out] = (max(before[0], e), max(before[1], scale))
+            states[name] = {k: np.asarray(got[o]).astype(dtypes[k]) for k, o in pairs.items()}
+        reference_state = {k: want[o] for k, o in pairs.items()}
+    progress.update(calls, calls, "chain verified")
+    progress.done()
+    results = {}
+    for name in runners:
+        rel = normwise(seen[name])
+        worst = max((e for e, _ in seen[name].values()), default=0.0)
+        results[name] = Verification(
+            max_abs_err=None if problems[name] else worst, rel_err=None if problems[name] else rel,
+            passed=not problems[name] and rel <= limit, tolerance=limit, inputs_seed=seed,
+            shapes=((batch, seq),), problems=tuple(problems[name][:3]), chain=calls)
+    return results

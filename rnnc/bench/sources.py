@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rnnc import pipeline
 from rnnc.errors import UserError
@@ -60,8 +60,11 @@ def fingerprint(model: Model) -> str:
     if model.source.get("kind") == "spec":
         spec = {k: v for k, v in model.source["spec"].items() if k != "shapes"}
         data = json.dumps(spec, sort_keys=True).encode()
-    else:
+    elif model.onnx is not None:
         data = model.onnx.SerializeToString(deterministic=True)
+    else:  # a TorchScript model with no ONNX graph: the file and what was bound
+        file = model.origin.read_bytes() if model.origin is not None else b""
+        data = file + json.dumps(model.source.get("bind"), sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -84,7 +87,7 @@ def default_out(source: Path, sources: list[Source], target: str) -> Path:
 
 def open_source(src: Source, shapes: list[tuple[int, int]] | None, target: str, backends: list[str],
                 out_dir: Path, many: bool, resume: bool, progress: Progress,
-                input_shapes: dict[str, tuple[int, ...]] | None = None,
+                imports: dict[str, Any] | None = None,
                 threads: int | None = None) -> tuple[Model, Manifest, Path]:
     """The model, its manifest and its compiled DIR: opened when given, else compiled (or, under
     --resume, reused from a previous run into the same --out when the spec is unchanged)."""
@@ -92,7 +95,7 @@ def open_source(src: Source, shapes: list[tuple[int, int]] | None, target: str, 
         manifest, model = pipeline.open_dir(src.path)
         pipeline.check_target(src.path, manifest, target)
         return model, manifest, src.path
-    model = load_model(src.path, input_shapes)
+    model = load_model(src.path, **(imports or {}))
     if shapes is not None:
         model.shapes = list(shapes)  # build (TVM: one library per shape) and verify what is benched
     model_dir = out_dir / model.name if many else out_dir

@@ -46,6 +46,8 @@ def run_bench(
     seed: int = 0,
     threads: int | None = runtime_threads.DEFAULT,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    bind: dict[str, Any] | None = None,
+    state: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Bench a spec, a model file, a compiled DIR or a folder of specs; returns the report with
     `exit_code`, `report_path` and `written` added (0 ok; 1 a backend failed or was wrong under
@@ -54,8 +56,8 @@ def run_bench(
     `threads` limits every runtime to that many threads (default: every core; None: each
     runtime's own default); see `rnnc.bench.threads`. `extra_work` is TEST-ONLY (see `measure.with_extra_work`):
     {backend: fraction} makes that backend do that fraction more work per call; the report records
-    it on the rows it touched. `shapes` sizes the symbolic inputs of an ONNX or TorchScript file
-    (as `rnnc compile --shapes`).
+    it on the rows it touched. `shapes`, `bind` and `state` are a model file's import options
+    (as `rnnc compile --shapes / --bind / --state`).
     """
     targets.check_target(target)
     _check_sizes("--seq-lens", seq_lens)
@@ -68,7 +70,8 @@ def run_bench(
     with runtime_threads.kept_torch_threads():
         report = _start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force)
         _sweep_all(report, out_dir / REPORT, sources, target, backends, seq_lens, batch_sizes, settings, check,
-                   resume, extra_work or {}, seed, progress, threads, shapes)
+                   resume, extra_work or {}, seed, progress, threads,
+                   {"shapes": shapes, "bind": bind, "state": state})
     return dict(report, exit_code=exit_code(report), report_path=str(out_dir / REPORT),
                 written=[str(out_dir / REPORT)])
 
@@ -76,14 +79,14 @@ def run_bench(
 def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source], target: str,
                backends: list[str], seq_lens: list[int] | None, batch_sizes: list[int] | None,
                settings: measure.Settings, check: bool, resume: bool, extra_work: dict[str, float], seed: int,
-               progress: Progress, threads: int | None, input_shapes: dict[str, tuple[int, ...]] | None) -> None:
+               progress: Progress, threads: int | None, imports: dict[str, Any]) -> None:
     out_dir = report_path.parent
     plans = [(src, sweep_shapes(src.shapes, seq_lens, batch_sizes)) for src in sources]
     bar = SweepProgress(progress, sum(len(shapes) * len(backends) for _, shapes in plans if shapes is not None))
     for src, shapes in plans:
         bar.show(f"{src.path.name}: compiling")
         model, manifest, model_dir = open_source(src, shapes, target, backends, out_dir, len(sources) > 1,
-                                                 resume, bar.child(), input_shapes, threads)
+                                                 resume, bar.child(), imports, threads)
         if shapes is None:
             shapes = sweep_shapes(model.shapes, seq_lens, batch_sizes)
             bar.grow(len(shapes) * len(backends))

@@ -10,6 +10,7 @@ graph with the same functions.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,25 +19,19 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
+from onnx.reference.ops import load_op
 
 from rnnc.errors import UserError
 from rnnc.graphs import reference
+from rnnc.graphs.bind import bind_inputs, bind_record
 from rnnc.graphs.model import Arrays, Model, TensorInfo
 from rnnc.graphs.onnx_rewrite import replace_field, runnable_graph
 from rnnc.graphs.onnx_shapes import DTYPES, RECURRENT, output_infos, shape_inputs
+from rnnc.graphs.state import state_pairs
 
 SOURCE_FILE = "source.onnx"
 MIN_OPSET = 7
-# Ordinary operators a recurrent model uses around its recurrent nodes, which ONNX Runtime and
-# onnx.reference both run. Anything else is refused up front, every op type named.
-ORDINARY = frozenset("""
-    Abs Add And ArgMax ArgMin Cast CastLike Ceil Clip Concat Constant ConstantOfShape Div Dropout
-    Einsum Elu Equal Erf Exp Expand Flatten Floor Gather GatherElements Gelu Gemm Greater
-    GreaterOrEqual HardSigmoid HardSwish Identity LayerNormalization LeakyRelu Less LessOrEqual Log
-    LogSoftmax MatMul Max Mean Min Mul Neg Not Or Pad Pow PRelu Range Reciprocal ReduceL2 ReduceMax
-    ReduceMean ReduceMin ReduceProd ReduceSum Relu Reshape Selu Shape Sigmoid Sign Size Slice
-    Softmax Softplus Softsign Split Sqrt Squeeze Sub Sum Tanh Tile Transpose Unsqueeze Where
-""".split())
+STANDARD = ("", "ai.onnx")
 
 
 def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
@@ -60,28 +55,77 @@ def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def model_from_onnx(path: str | Path, shapes: dict[str, Any] | None = None) -> Model:
-    """Load, check and shape the user's ONNX model; `shapes` sizes its symbolic inputs."""
+def model_from_onnx(path: str | Path, shapes: dict[str, Any] | None = None,
+                    bind: dict[str, np.ndarray] | None = None, state: dict[str, str] | None = None) -> Model:
+    """Load, check and shape the user's ONNX model; `shapes` sizes its symbolic inputs, `bind`
+    fixes inputs to constants (`--bind`), `state` pairs state inputs with outputs (`--state`)."""
     path = Path(path)
     proto = load_checked(path)
     shapes = normal_shapes(shapes)
     name = model_name(path, "onnx-model")
     source = {"kind": "onnx", "file": SOURCE_FILE, "name": name,
               "shapes": {k: list(v) for k, v in shapes.items()} or None}
-    model = imported_model(proto, shapes, name, source, reference.float64_reference(proto))
+    model = imported_model(proto, shapes, name, source, reference.float64_reference(proto), bind=bind, state=state)
     model.origin = path
     return model
 
 
 def imported_model(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], name: str,
-                   source: dict[str, Any], reference64: Any) -> ImportedModel:
-    """A checked graph (see `check_proto`) made into a `Model` with the given reference."""
+                   source: dict[str, Any], reference64: Any, *, bind: dict[str, np.ndarray] | None = None,
+                   state: dict[str, str] | None = None) -> ImportedModel:
+    """A checked graph (see `check_proto`) made into a `Model` with the given reference (of the
+    graph as given: bound inputs are fed to it as inputs, so the folding is verified too)."""
+    bind = dict(bind or {})
+    if bind:
+        proto = bind_inputs(proto, bind)
+        source = {**source, "bind": bind_record(bind)}
+        reference64 = _with_bound(reference64, bind)
     io = shape_inputs(proto, shapes)
     runnable = runnable_graph(proto, io.renames, {n: dims for n, (_, dims) in io.inputs.items()})
-    inputs = [TensorInfo(n, dtype, dims, io.high.get(n)) for n, (dtype, dims) in io.inputs.items()]
-    return ImportedModel(name=name, inputs=inputs, outputs=output_infos(runnable), onnx=runnable,
+    inputs = [TensorInfo(n, dtype, dims, io.high.get(n), io.values.get(n)) for n, (dtype, dims) in io.inputs.items()]
+    _drawable(inputs, set(io.lengths))
+    outputs = output_infos(runnable)
+    pairs = state_pairs(inputs, outputs, state)
+    if state:
+        source = {**source, "state": dict(state)}
+    return ImportedModel(name=name, inputs=inputs, outputs=outputs, onnx=runnable,
                          reference64=reference64, shapes=[io.batch_seq], source=source,
-                         lengths=tuple(io.lengths))
+                         dtype=_float_type(proto), state=pairs, lengths=tuple(io.lengths))
+
+
+def _with_bound(reference64: Any, bound: dict[str, np.ndarray]) -> Any:
+    def bound_reference(arrays: Arrays) -> Arrays:
+        return reference64({**arrays, **bound})
+
+    return bound_reference
+
+
+def _drawable(inputs: list[TensorInfo], lengths: set[str]) -> None:
+    """Integer inputs must have values rnnc can draw for verification: ids below a table's size,
+    sequence lengths, or the constants the model compares them with. Others (a sample rate used
+    in arithmetic, a count) only take values the model's author knows: they must be bound."""
+    problems = [f"input {t.name!r} ({t.dtype} [{', '.join(map(str, t.dims))}]): rnnc cannot tell which values "
+                f"it takes (it indexes no table and is compared with no constant); fix it at compile time "
+                f"with --bind {t.name}=VALUE"
+                for t in inputs if np.dtype(t.dtype).kind in "iu" and t.high is None and not t.values
+                and t.name not in lengths]
+    if problems:
+        raise UserError(*problems)
+
+
+def _float_type(proto: onnx.ModelProto) -> str:
+    """float16 where the model's weights or inputs are float16 (a half-precision export)."""
+    halves = any(t.data_type == TensorProto.FLOAT16 for g in _graphs(proto.graph) for t in g.initializer) or any(
+        v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in proto.graph.input)
+    return "float16" if halves else "float32"
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from _graphs(sub)
 
 
 def normal_shapes(shapes: dict[str, Any] | None) -> dict[str, tuple[int, ...]]:
@@ -128,7 +172,7 @@ def check_proto(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise UserError(f"{label}: not a valid ONNX model: {first_line(err)}") from None
     proto = _upgrade(label, proto)
-    problems = _unsupported(proto) + _recurrent_problems(proto)
+    problems = _unsupported(proto) + _recurrent_problems(proto) + _branch_problems(proto)
     if problems:
         raise UserError(*(f"{label}: {p}" for p in problems))
     return proto
@@ -164,62 +208,110 @@ def _upgrade(label: str, proto: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-def _unsupported(proto: onnx.ModelProto) -> list[str]:
-    """One line per op type we do not lower, with the names of its nodes."""
-    found: dict[str, list[str]] = {}
-    for i, node in enumerate(proto.graph.node):
-        known = node.domain in ("", "ai.onnx") and (node.op_type in ORDINARY or node.op_type in RECURRENT)
-        if not known:
-            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-            found.setdefault(op, []).append(node.name or f"#{i}")
-    lines = [f"unsupported operator {op} (node{'s' if len(n) > 1 else ''} {', '.join(map(repr, n))})"
-             for op, n in sorted(found.items())]
-    if not any(n.op_type in RECURRENT for n in proto.graph.node):
-        lines.append("no LSTM, GRU or RNN node: rnnc compiles recurrent models")
-    return lines
-
-
-def _recurrent_problems(proto: onnx.ModelProto) -> list[str]:
-    """Attributes the reference does not implement, weights computed at run time, non-float32 X."""
-    graph = proto.graph
-    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    problems = []
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of `graph` and of its subgraphs (If branches, Loop and Scan bodies), depth first."""
     for node in graph.node:
-        if node.op_type not in RECURRENT:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield from all_nodes(sub)
+
+
+def _unsupported(proto: onnx.ModelProto) -> list[str]:
+    """One line per op type that neither the float64 reference (onnx.reference, and ours for the
+    recurrent operators) nor so any verification can take, with the names of its nodes. Whether a
+    backend takes an op is that backend's decision, in its build."""
+    found: dict[str, list[str]] = {}
+    for i, node in enumerate(all_nodes(proto.graph)):
+        if node.domain in STANDARD and (node.op_type in RECURRENT or _referenced(node.op_type, _opset(proto))):
             continue
-        label = f"{node.op_type} node {node.name!r}"
-        try:
-            reference.parse_attributes(node)
-        except NotImplementedError as err:
-            problems.append(f"{label}: {err}")
-        for k, role in ((1, "W"), (2, "R"), (3, "B"), (7, "P")):
-            if k < len(node.input) and node.input[k] and _reaches_input(node.input[k], producers, inputs):
-                problems.append(f"{label}: {role} ({node.input[k]!r}) must be a constant (an initializer), "
-                                "not computed from the graph's inputs")
-    for v in graph.input:
-        t = v.type.tensor_type.elem_type
-        if v.name in inputs and t not in DTYPES:
-            problems.append(f"input {v.name!r}: element type {TensorProto.DataType.Name(t)} not supported "
-                            "(float32, int64 and int32 are)")
-    floats = {TensorProto.DataType.Name(t.data_type) for t in graph.initializer
-              if t.data_type in (TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)}
-    if floats:
-        problems.append(f"weights of type {', '.join(sorted(floats))}: only float32 models are supported")
+        op = node.op_type if node.domain in STANDARD else f"{node.domain}.{node.op_type}"
+        found.setdefault(op, []).append(node.name or f"#{i}")
+    return [f"unsupported operator {op} (node{'s' if len(n) > 1 else ''} {', '.join(map(repr, n[:5]))}"
+            f"{' ...' if len(n) > 5 else ''}): no float64 reference implements it, so no backend could be verified"
+            for op, n in sorted(found.items())]
+
+
+def _branch_problems(proto: onnx.ModelProto) -> list[str]:
+    """Ifs whose branches disagree on an output's element type, rank or a fixed size: no artifact
+    can give such an output one type (ONNX lets fixed sizes differ; rnnc's artifacts cannot)."""
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - the declared branch outputs are enough
+        pass
+    problems = []
+    for node in all_nodes(proto.graph):
+        if node.op_type != "If" or node.domain not in STANDARD:
+            continue
+        branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
+        then, other = branches.get("then_branch"), branches.get("else_branch")
+        if then is None or other is None:
+            continue
+        for k, (a, b) in enumerate(zip(then.output, other.output)):
+            ta, tb = _shown_type(a), _shown_type(b)
+            if ta and tb and not _agree(ta, tb):
+                problems.append(f"If node {node.name!r}: output {k} is {_text(ta)} in then_branch but {_text(tb)} in "
+                                "else_branch; the branches must agree in type and shape")
     return problems
 
 
-def _reaches_input(name: str, producers: dict[str, onnx.NodeProto], inputs: set[str]) -> bool:
-    todo, seen = [name], set()
-    while todo:
-        value = todo.pop()
-        if value in inputs:
-            return True
-        if value in seen or value not in producers:
+def _shown_type(value: onnx.ValueInfoProto) -> tuple[int, list | None] | None:
+    t = value.type.tensor_type if value.type.WhichOneof("value") == "tensor_type" else None
+    if t is None or not t.elem_type:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim] \
+        if t.HasField("shape") else None
+    return t.elem_type, dims
+
+
+def _agree(a: tuple[int, list | None], b: tuple[int, list | None]) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[1] is None or b[1] is None:
+        return True
+    return len(a[1]) == len(b[1]) and all(x == y or not (isinstance(x, int) and isinstance(y, int))
+                                          for x, y in zip(a[1], b[1]))
+
+
+def _text(t: tuple[int, list | None]) -> str:
+    dims = "?" if t[1] is None else f"[{', '.join(map(str, t[1]))}]"
+    return f"{helper.tensor_dtype_to_np_dtype(t[0]).name} {dims}"
+
+
+def _referenced(op_type: str, opset: int) -> bool:
+    try:
+        load_op("", op_type, opset)
+    except Exception:  # noqa: BLE001 - onnx raises NotImplementedError or RuntimeError, by version
+        return False
+    return True
+
+
+def _recurrent_problems(proto: onnx.ModelProto) -> list[str]:
+    """Attributes the reference does not implement, and inputs of types no reference can feed."""
+    graph = proto.graph
+    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    problems = []
+    for node in all_nodes(graph):
+        if node.op_type not in RECURRENT or node.domain not in STANDARD:
             continue
-        seen.add(value)
-        todo.extend(i for i in producers[value].input if i)
-    return False
+        try:
+            reference.parse_attributes(node)
+        except NotImplementedError as err:
+            problems.append(f"{node.op_type} node {node.name!r}: {err}")
+    for v in graph.input:
+        kind = v.type.WhichOneof("value")
+        if v.name not in inputs:
+            continue
+        if kind != "tensor_type":
+            problems.append(f"input {v.name!r}: a {kind or 'typeless'} input; rnnc takes tensors")
+        elif v.type.tensor_type.elem_type not in DTYPES:
+            t = TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+            problems.append(f"input {v.name!r}: element type {t} not supported "
+                            f"({', '.join(sorted(set(DTYPES.values())))} are)")
+    for v in graph.output:
+        if v.type.WhichOneof("value") != "tensor_type":
+            problems.append(f"output {v.name!r}: not a tensor; rnnc compares tensors")
+    return problems
 
 
 def model_name(path: Path, fallback: str) -> str:

@@ -37,7 +37,7 @@ def check_inputs(inputs: Sequence[TensorInfo], arrays: Mapping[str, Any]) -> Arr
     for info in inputs:
         a = _array(info, arrays[info.name])
         _check_shape(info, a.shape, sizes)
-        checked[info.name] = np.ascontiguousarray(_converted(info, a))
+        checked[info.name] = np.require(_converted(info, a), requirements="C")  # keeps rank 0
     return checked
 
 

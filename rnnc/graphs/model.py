@@ -27,7 +27,7 @@ class Model:
     name: str
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
-    onnx: onnx.ModelProto
+    onnx: onnx.ModelProto | None  # None: a TorchScript model torch.onnx cannot export
     reference64: Callable[[Arrays], Arrays]
     shapes: list[tuple[int, int]]  # the (batch, seq) pairs to build, verify and bench
     source: dict[str, Any]  # how to rebuild the model and its reference (kept in the manifest)
@@ -35,6 +35,7 @@ class Model:
     spec: Any = None  # the ModelSpec when the model came from a YAML spec
     dtype: str = "float32"
     origin: Path | None = None  # the user's file a model was imported from (None for a spec)
+    state: dict[str, str] = field(default_factory=dict)  # state input -> the output that is its next value
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -46,12 +47,19 @@ class Model:
         return [t.name for t in self.outputs]
 
     def random_inputs(self, batch: int, seq: int, rng: np.random.Generator) -> Arrays:
-        """Fresh inputs: token ids uniform over the vocabulary, features standard normal."""
+        """Fresh inputs: token ids uniform over the vocabulary, integers a model compares with
+        constants drawn from those constants and their neighbours, flags either way, features
+        standard normal."""
         arrays = {}
         for t in self.inputs:
             shape = t.shape(batch, seq)
-            if np.dtype(t.dtype).kind in "iu":
+            kind = np.dtype(t.dtype).kind
+            if kind == "b":
+                arrays[t.name] = rng.integers(0, 2, size=shape).astype(bool)
+            elif kind in "iu" and t.values:
+                arrays[t.name] = np.asarray(rng.choice(np.array(t.values, dtype=t.dtype), size=shape))
+            elif kind in "iu":
                 arrays[t.name] = rng.integers(0, t.high or 2, size=shape, dtype=t.dtype)
             else:
                 arrays[t.name] = rng.standard_normal(shape).astype(t.dtype)
-        return arrays
+        return {k: np.asarray(v) for k, v in arrays.items()}  # rank-0 draws are numpy scalars otherwise

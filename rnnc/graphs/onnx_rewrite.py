@@ -9,10 +9,10 @@ Each rewrite, and why it exists:
 - A missing `hidden_size` is written from R's last dim: it is optional in ONNX, required by ORT.
 - Activation alpha/beta are spelled out on nodes using Affine, ThresholdedRelu or ScaledTanh, where
   ORT's defaults (0) differ from the operators'; other nodes are left as the user wrote them.
-- Constant nodes become initializers (from IR 4 on, where initializers need not be graph inputs),
-  so that no lowering has to implement Constant.
-- A Cast of an initializer becomes an initializer of the target type: exporters cast Python
-  scalars, and folding them leaves constants that lowerings can read as constants.
+- Constant nodes, and every node whose inputs are all constants, become initializers, and an `If`
+  on a constant condition becomes its branch (`bind.fold_constants`; from IR 4 on, where
+  initializers need not be graph inputs): exporters cast Python scalars and compute shapes of
+  weights, and lowerings then read those as constants.
 - All-zero initial states (exporters compute them from the batch size with Shape and
   ConstantOfShape) become omitted inputs, which the operators define as zeros: the state inputs a
   lowering sees are then constants or absent, never arithmetic on the batch size.
@@ -30,6 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from rnnc.graphs import reference
+from rnnc.graphs.bind import drop_unused, fold_constants
 from rnnc.graphs.onnx_shapes import RECURRENT
 
 
@@ -41,8 +42,7 @@ def runnable_graph(proto: onnx.ModelProto, renames: dict[str, str], input_dims: 
     activation alpha/beta are spelled out where ORT's defaults differ from the operators', and a
     missing `hidden_size` is written (ORT requires it). See `_simplify` and the module docstring
     for the rest."""
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
+    out = fold_constants(proto) if proto.ir_version >= 4 else _copy(proto)
     graph = out.graph
     for v in list(graph.input) + list(graph.output) + list(graph.value_info):
         for d in v.type.tensor_type.shape.dim:
@@ -58,29 +58,34 @@ def runnable_graph(proto: onnx.ModelProto, renames: dict[str, str], input_dims: 
                     d.dim_value = size
                 else:
                     d.dim_param = size
-    nodes = []
-    for node in graph.node:
-        if node.op_type in RECURRENT:
-            _explicit_activation_attributes(node)
-            nodes.extend(_time_major(node))
-        else:
-            nodes.append(node)
-    replace_field(graph.node, nodes)
     _simplify(out)
-    _name_hidden_size(graph)
+    _recurrent_forms(graph, {})
     graph.ClearField("value_info")  # shapes of rewritten values changed; ORT infers them again
     onnx.checker.check_model(out, full_check=True)
     return out
 
 
-def _name_hidden_size(graph: onnx.GraphProto) -> None:
-    """`hidden_size` is optional in ONNX (R's last dim) but required by ONNX Runtime: write it."""
-    weights = {t.name: t for t in graph.initializer}
+def _recurrent_forms(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto]) -> None:
+    """Every recurrent node, subgraphs included, as ONNX Runtime takes it: layout 0 (between
+    Transposes), activation parameters spelled out, and `hidden_size` written (optional in ONNX,
+    R's last dim, but required by ONNX Runtime; left out where R is computed at run time)."""
+    weights = {**outer, **{t.name: t for t in graph.initializer}}
     for node in graph.node:
-        if node.op_type in RECURRENT and not any(a.name == "hidden_size" for a in node.attribute):
-            if node.input[2] not in weights:
-                raise ValueError(f"{node.op_type} node {node.name!r}: R {node.input[2]!r} is not constant")
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            weights[node.output[0]] = node.attribute[0].t
+    nodes = []
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _recurrent_forms(sub, weights)
+        if node.op_type not in RECURRENT:
+            nodes.append(node)
+            continue
+        _explicit_activation_attributes(node)
+        if not any(a.name == "hidden_size" for a in node.attribute) and node.input[2] in weights:
             node.attribute.append(helper.make_attribute("hidden_size", int(weights[node.input[2]].dims[-1])))
+        nodes.extend(_time_major(node))
+    replace_field(graph.node, nodes)
 
 
 def _simplify(proto: onnx.ModelProto) -> None:
@@ -89,16 +94,6 @@ def _simplify(proto: onnx.ModelProto) -> None:
     ConstantOfShape) become omitted inputs, which the operators define as zeros, and nodes whose
     outputs nobody reads go."""
     graph = proto.graph
-    if proto.ir_version >= 4:  # from IR 4 on, initializers need not be graph inputs
-        kept = []
-        for node in graph.node:
-            value = _constant_value(node)
-            if value is None:
-                kept.append(node)
-            else:
-                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-        replace_field(graph.node, kept)
-        _fold_casts(graph)
     producers = {o: n for n in graph.node for o in n.output}
     zeros = {t.name for t in graph.initializer if not np.any(numpy_helper.to_array(t))}
     for node in graph.node:
@@ -110,33 +105,13 @@ def _simplify(proto: onnx.ModelProto) -> None:
             while inputs and not inputs[-1]:
                 inputs.pop()
             replace_field(node.input, inputs)
-    _drop_dead(graph)
+    drop_unused(graph)
 
 
-def _fold_casts(graph: onnx.GraphProto) -> None:
-    """Cast of an initializer -> an initializer of the target type (exporters cast Python scalars)."""
-    values = {t.name: t for t in graph.initializer}
-    kept = []
-    for node in graph.node:
-        if node.op_type == "Cast" and node.input[0] in values and len(node.attribute) == 1:
-            to = helper.tensor_dtype_to_np_dtype(node.attribute[0].i)
-            array = numpy_helper.to_array(values[node.input[0]]).astype(to)
-            values[node.output[0]] = numpy_helper.from_array(array, node.output[0])
-            graph.initializer.append(values[node.output[0]])
-        else:
-            kept.append(node)
-    replace_field(graph.node, kept)
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
-        return None
-    a = node.attribute[0]
-    if a.name == "value":
-        return numpy_helper.to_array(a.t)
-    simple = {"value_float": np.float32, "value_floats": np.float32,
-              "value_int": np.int64, "value_ints": np.int64}
-    return np.array(helper.get_attribute_value(a), dtype=simple[a.name]) if a.name in simple else None
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
 
 
 _PASS_ZEROS = {"Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Identity", "Cast", "Tile"}
@@ -153,18 +128,6 @@ def _all_zero(name: str, producers: dict[str, onnx.NodeProto], zeros: set[str]) 
         value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1))
         return not np.any(value)
     return node.op_type in _PASS_ZEROS and _all_zero(node.input[0], producers, zeros)
-
-
-def _drop_dead(graph: onnx.GraphProto) -> None:
-    while True:
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        live = [n for n in graph.node if any(o in used for o in n.output if o)]
-        if len(live) == len(graph.node):
-            break
-        replace_field(graph.node, live)
-    inputs = {i.name for i in graph.input}
-    kept = [t for t in graph.initializer if t.name in used or t.name in inputs]
-    replace_field(graph.initializer, kept)
 
 
 def _explicit_activation_attributes(node: onnx.NodeProto) -> None:

@@ -10,13 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import TensorProto
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from rnnc.errors import UserError
 from rnnc.graphs.model import TensorInfo
 
 RECURRENT = ("LSTM", "GRU", "RNN")
-DTYPES = {TensorProto.FLOAT: "float32", TensorProto.INT64: "int64", TensorProto.INT32: "int32"}
+# element types an input or output may have: every numeric type numpy holds, and bool
+DTYPES = {t: helper.tensor_dtype_to_np_dtype(t).name for t in (
+    TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64, TensorProto.INT32,
+    TensorProto.INT16, TensorProto.INT8, TensorProto.UINT64, TensorProto.UINT32, TensorProto.UINT16,
+    TensorProto.UINT8, TensorProto.BOOL)}
 
 
 @dataclass
@@ -28,6 +33,7 @@ class InputShapes:
     batch_seq: tuple[int, int]  # the sizes to build and verify at
     high: dict[str, int]  # token-id input -> ids stay below this (its embedding table's rows)
     lengths: list[str]  # `sequence_lens` inputs
+    values: dict[str, tuple[int, ...]]  # integer input -> the values it is compared with (and neighbours)
 
 
 def shape_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> InputShapes:
@@ -48,7 +54,7 @@ def shape_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> 
     seq = sizes.get("seq", static.get("seq"))
     renames = {sym: role for sym, role in roles.items() if not sym.startswith("rnnc.")}
     return InputShapes(result, renames, (int(batch or 1), int(seq or 1)), _token_bounds(proto, result),
-                       _length_inputs(proto, result))
+                       _length_inputs(proto, result), _compared_values(proto, result))
 
 
 def _tag_inputs(proto: onnx.ModelProto, initializers: set[str]
@@ -161,11 +167,11 @@ def _batch_seq_axes(tagged: onnx.ModelProto) -> tuple[dict[str, str], dict[str, 
         inferred = onnx.shape_inference.infer_shapes(tagged, data_prop=True)
     except Exception:  # noqa: BLE001 - no inference means no symbols to follow, not an error
         inferred = tagged
-    shapes = {v.name: v.type.tensor_type.shape for v in
-              list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)}
+    shapes = {v.name: v.type.tensor_type.shape for g in _graphs(inferred.graph)
+              for v in list(g.input) + list(g.value_info) + list(g.output)}
     roles: dict[str, str] = {}
     static: dict[str, int] = {}
-    for node in inferred.graph.node:
+    for node in (n for g in _graphs(inferred.graph) for n in g.node):
         if node.op_type not in RECURRENT or node.input[0] not in shapes:
             continue
         dims = shapes[node.input[0]].dim
@@ -181,21 +187,63 @@ def _batch_seq_axes(tagged: onnx.ModelProto) -> tuple[dict[str, str], dict[str, 
     return roles, static
 
 
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """`graph` and every subgraph in it (If branches, Loop and Scan bodies)."""
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                found.extend(_graphs(sub))
+    return found
+
+
+def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    values = {t.name: numpy_helper.to_array(t) for g in _graphs(proto.graph) for t in g.initializer}
+    for g in _graphs(proto.graph):
+        for node in g.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
 def _token_bounds(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> dict[str, int]:
-    """Integer inputs that index an embedding table (Gather from an initializer): ids < table rows."""
-    tables = {t.name: t for t in proto.graph.initializer}
-    high = {}
-    for node in proto.graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] in inputs \
-                and node.input[0] in tables:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            rows = tables[node.input[0]].dims[axis]
+    """Integer inputs that index a table (Gather / GatherElements from a constant, or from an input
+    whose indexed axis has a fixed size): ids < that size."""
+    tables = _constants(proto)
+    high: dict[str, int] = {}
+    for node in (n for g in _graphs(proto.graph) for n in g.node):
+        if node.op_type not in ("Gather", "GatherElements") or len(node.input) < 2 or node.input[1] not in inputs:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        data = node.input[0]
+        dims = list(tables[data].shape) if data in tables else list(inputs.get(data, ("", ()))[1])
+        if dims and isinstance(dims[axis % len(dims)], int):
+            rows = int(dims[axis % len(dims)])
             high[node.input[1]] = min(high.get(node.input[1], rows), rows)
     return high
 
 
+_COMPARISONS = ("Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual")
+
+
+def _compared_values(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> dict[str, tuple[int, ...]]:
+    """Integer inputs compared with constants (a mode, a sample rate: `sr == 16000`): each constant
+    and its neighbours, so that random draws take every branch the comparisons choose between."""
+    consts = _constants(proto)
+    found: dict[str, set[int]] = {}
+    for node in (n for g in _graphs(proto.graph) for n in g.node):
+        if node.op_type not in _COMPARISONS or len(node.input) != 2:
+            continue
+        for mine, other in (node.input, node.input[::-1]):
+            if mine in inputs and np.dtype(inputs[mine][0]).kind in "iu" and other in consts \
+                    and consts[other].size == 1:
+                c = int(consts[other].reshape(-1)[0])
+                found.setdefault(mine, set()).update((c - 1, c, c + 1))
+    return {k: tuple(sorted(v)) for k, v in found.items()}
+
+
 def _length_inputs(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> list[str]:
-    return sorted({n.input[4] for n in proto.graph.node
+    return sorted({n.input[4] for g in _graphs(proto.graph) for n in g.node
                    if n.op_type in RECURRENT and len(n.input) > 4 and n.input[4] in inputs})
 
 

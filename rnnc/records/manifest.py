@@ -31,12 +31,14 @@ class _Record(BaseModel):
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A named model input or output. `high` bounds integer inputs (token ids are < high)."""
+    """A named model input or output. `high` bounds integer inputs (token ids are < high);
+    `values` are the ones an integer input is drawn from (those a model compares it with)."""
 
     name: str
     dtype: str  # numpy dtype name: "int64", "float32"
     dims: tuple[Dim, ...]
     high: Optional[int] = None
+    values: Optional[tuple[int, ...]] = None
 
     def shape(self, batch: int, seq: int) -> tuple[int, ...]:
         """Concrete shape for a batch size and sequence length (symbolic axes by name)."""
@@ -79,6 +81,7 @@ class Verification(_Record):
     shapes: tuple[tuple[int, int], ...] = ()
     per_shape: tuple[ShapeErrors, ...] = ()
     problems: tuple[str, ...] = ()
+    chain: Optional[int] = None  # calls chained with the state carried (`verify --chain N`), worst over them
 
 
 class BackendRecord(_Record):
@@ -108,6 +111,7 @@ class Manifest(_Record):
     io: IO
     shapes: tuple[tuple[int, int], ...]
     dtype: str
+    state: dict[str, str] = {}  # state input -> the output that is its next value (SPEC section 2)
     backends: dict[str, BackendRecord] = {}
 
     @property

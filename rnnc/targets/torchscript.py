@@ -1,4 +1,5 @@
-"""TorchScript: `model.ts`, scripted from the reference module (or the user's own file)."""
+"""TorchScript: `model.ts`, scripted from the reference module, or the user's own file (with the
+`--bind` arguments fixed inside a scripted wrapper, so that model.ts takes the free inputs only)."""
 from __future__ import annotations
 
 import shutil
@@ -8,6 +9,7 @@ from typing import Any
 import torch
 
 from rnnc.errors import Unsupported
+from rnnc.graphs.from_torchscript import bound_script, recorded_bind
 from rnnc.graphs.model import Model
 from rnnc.records.manifest import Manifest
 from rnnc.targets import torch as eager
@@ -27,7 +29,9 @@ def runnable(target: str) -> str | None:
 
 def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
     if model.source.get("kind") == "torchscript" and model.origin is not None:
-        if model.origin.resolve() != (out_dir / ARTIFACT).resolve():
+        if bind := recorded_bind(model.source):  # the constants inside: model.ts takes the free inputs only
+            torch.jit.save(bound_script(model.origin, bind), str(out_dir / ARTIFACT))
+        elif model.origin.resolve() != (out_dir / ARTIFACT).resolve():
             shutil.copyfile(model.origin, out_dir / ARTIFACT)
     elif model.torch_module is not None:
         torch.jit.save(torch.jit.script(model.torch_module), str(out_dir / ARTIFACT))

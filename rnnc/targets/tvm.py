@@ -60,8 +60,10 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
 
     out_dir = Path(out_dir)
     (out_dir / "tvm").mkdir(parents=True, exist_ok=True)
-    if model.dtype != "float32":
-        raise Unsupported(f"dtype {model.dtype}: the tvm backend builds float32 models")
+    if model.onnx is None:
+        raise Unsupported(f"no ONNX graph: {model.extra.get('no_onnx', 'the model has none')}")
+    if model.spec is not None and model.dtype != "float32":  # a spec's graph is float32; torch runs its dtype
+        raise Unsupported(f"the exported graph is float32; the spec's {model.dtype} runs on torch and torchscript")
     if target == "cuda":
         if reason := host.cuda_build_reason():
             raise Unsupported(f"cannot build for CUDA: {reason}")

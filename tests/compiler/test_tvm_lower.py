@@ -111,11 +111,18 @@ def test_sequence_lens_as_a_graph_input():
 
 
 def test_unknown_operator_is_named():
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    """An op TVM's frontend lacks (DFT), also inside an If branch, is named with its node."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 1])
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["y"])], "g", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(Unsupported, match="Erf"):
+    branch = helper.make_graph([helper.make_node("DFT", ["x"], ["z"], name="spectrum")], "b", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["w"])], "o", [],
+                              [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=other)
+    model = helper.make_model(helper.make_graph([node], "g", [x, c], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Unsupported, match="DFT .*'spectrum'"):
         lower(model)
 
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from rnnc import api
 from rnnc.errors import UserError
-from rnnc.graphs.from_torchscript import model_from_torchscript
+from rnnc.graphs.from_torchscript import model_from_torchscript, module_message
+from rnnc.pipeline import compile_model, exit_code
 from tests.graphs.test_reference import assert_close, run_ort
 
 
@@ -133,19 +135,22 @@ def test_not_a_torchscript_file(tmp_path: Path) -> None:
         assert len(err.value.problems) == 1 and err.value.problems[0].startswith(f"{path}: not a TorchScript file")
 
 
-def test_operator_we_do_not_lower(tmp_path: Path) -> None:
-    class Sorts(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.rnn = torch.nn.GRU(3, 4)
+def test_a_graph_the_onnx_import_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export works but `from_onnx` refuses its graph (an operator no reference implements):
+    imported without ONNX, the refusal as the reason."""
+    import rnnc.graphs.from_torchscript as from_torchscript
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.cumsum(self.rnn(x)[0], dim=0)
+    def refuse(proto, label):
+        raise UserError(f"{label}: unsupported operator CumSum (node '/CumSum'): no float64 reference")
 
-    path = script(Sorts(), tmp_path / "s.pt")
-    with pytest.raises(UserError) as err:
-        model_from_torchscript(path, {"x": (3, 1, 3)})
-    assert any("unsupported operator CumSum" in p for p in err.value.problems)
+    monkeypatch.setattr(from_torchscript, "check_proto", refuse)
+    path = script(Encoder(), tmp_path / "e.pt")
+    model = model_from_torchscript(path, {"features": (3, 1, 3)})
+    assert model.onnx is None
+    assert model.extra["no_onnx"] == ("the exported graph is not one rnnc lowers: unsupported operator CumSum "
+                                      "(node '/CumSum'): no float64 reference")
+    assert model.inputs[0].dims == ("seq", "batch", 3)  # time-major GRU: batch_first=False
+    assert [t.dims for t in model.outputs] == [("batch", 2), (1, "batch", 4)]
 
 
 def test_compile_through_the_cli(tmp_path: Path, cli) -> None:
@@ -206,3 +211,239 @@ def test_traced_module(tmp_path: Path) -> None:
     model = model_from_torchscript(path, {"tokens": (3, 6)})
     assert "exported graph" in model.extra["reference"]
     check(model, eager, batch=4, seq=7)
+
+
+# -- --bind ---------------------------------------------------------------------------------------
+
+class SampleRate(torch.nn.Module):
+    """Branches on a Python int (a configuration argument): only a bound value makes one graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = torch.nn.LSTM(3, 4, batch_first=True)
+        self.narrow = torch.nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor, sample_rate: int, gain: float = 1.0) -> torch.Tensor:
+        if sample_rate == 16000:
+            y = self.wide(x)[0]
+        else:
+            y = self.narrow(x)[0]
+        return y * gain
+
+
+@pytest.mark.parametrize("rate, kept, gone", [(16000, "LSTM", "GRU"), (8000, "GRU", "LSTM")])
+def test_bind_an_int_that_a_branch_depends_on(rate: int, kept: str, gone: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    eager = SampleRate().eval()
+    path = tmp_path / "sr.pt"
+    torch.jit.save(torch.jit.script(eager), str(path))
+    bind = {"sample_rate": np.array(rate), "gain": np.array(0.5)}
+    model = model_from_torchscript(path, {"x": (2, 5, 3)}, bind=bind)
+    assert model.input_names == ["x"]  # sample_rate and gain are no input any more
+    ops = {n.op_type for n in model.onnx.graph.node}
+    assert kept in ops and gone not in ops and "If" not in ops  # the branch folded away
+    assert json.loads(json.dumps(model.source["bind"])) == model.source["bind"]
+    assert model.source["bind"]["sample_rate"] == {"dtype": "int64", "shape": [], "value": rate}
+
+    feeds = model.random_inputs(3, 4, np.random.default_rng(0))
+    ref = model.reference64(feeds)
+    with torch.inference_mode():
+        want = eager.double()(torch.from_numpy(feeds["x"]).double(), rate, 0.5)
+    np.testing.assert_allclose(ref["output"], want.numpy(), rtol=1e-10, atol=1e-12)
+    assert_close(run_ort(model.onnx, feeds), [ref["output"]])
+
+    out = tmp_path / "out"
+    manifest = compile_model(model, "cpu", ["torch", "torchscript", "onnxruntime"], out)
+    statuses = {k: b.status for k, b in manifest.backends.items()}
+    assert statuses == {"torch": "skipped", "torchscript": "ok", "onnxruntime": "ok"}, manifest.backends
+    artifact = torch.jit.load(str(out / "model.ts"))
+    assert [a.name for a in artifact.forward.schema.arguments[1:]] == ["x"]  # takes the free input only
+    with torch.inference_mode():
+        got = artifact(torch.from_numpy(feeds["x"]))
+    np.testing.assert_allclose(got.numpy(), ref["output"], rtol=1e-4, atol=1e-5)
+    rebuilt = api.verify(out, "cpu", ["torchscript", "onnxruntime"])  # the reference rebound from the manifest
+    assert {b.status for b in rebuilt.backends.values()} == {"ok"}, rebuilt.backends
+
+
+def test_a_free_scalar_argument_asks_for_bind(tmp_path: Path) -> None:
+    path = script(SampleRate(), tmp_path / "sr.pt")
+    with pytest.raises(UserError) as err:
+        model_from_torchscript(path, {"x": (2, 5, 3)})
+    assert err.value.problems == [f"{path}: forward argument 'sample_rate' is an int, not a tensor: "
+                                  "fix it with --bind sample_rate=VALUE"]
+
+
+@pytest.mark.parametrize("bind, problem", [
+    ({"rate": np.array(16000)}, "--bind: 'rate' is not an argument of forward(x, sample_rate, gain)"),
+    ({"sample_rate": np.array(16000.0)}, "--bind sample_rate: forward takes an int, got a float (16000.0)"),
+    ({"sample_rate": np.array([16000, 8000])}, "--bind sample_rate: forward takes one int, got an array of shape (2,)"),
+    ({"sample_rate": np.array(True)}, "--bind sample_rate: forward takes an int, got a bool (True)"),
+])
+def test_bind_errors_are_one_line_each(bind: dict, problem: str, tmp_path: Path) -> None:
+    path = script(SampleRate(), tmp_path / "sr.pt")
+    with pytest.raises(UserError) as err:
+        model_from_torchscript(path, {"x": (2, 5, 3)}, bind=bind)
+    assert err.value.problems == [problem]
+
+
+def test_bind_a_tensor_argument(tmp_path: Path) -> None:
+    class Biased(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0] + offset
+
+    torch.manual_seed(0)
+    eager = Biased().eval()
+    path = tmp_path / "b.pt"
+    torch.jit.save(torch.jit.script(eager), str(path))
+    offset = np.arange(4, dtype=np.float64) / 4
+    model = model_from_torchscript(path, {"x": (2, 5, 3)}, bind={"offset": offset})
+    assert model.input_names == ["x"]
+    feeds = model.random_inputs(2, 3, np.random.default_rng(1))
+    with torch.inference_mode():
+        want = eager.double()(torch.from_numpy(feeds["x"]).double(), torch.from_numpy(offset))
+    np.testing.assert_allclose(model.reference64(feeds)["output"], want.numpy(), rtol=1e-10, atol=1e-12)
+    manifest = compile_model(model, "cpu", ["torchscript", "onnxruntime"], tmp_path / "out")
+    assert {b.status for b in manifest.backends.values()} == {"ok"}, manifest.backends
+
+
+# -- no ONNX graph --------------------------------------------------------------------------------
+
+class Unexportable(torch.nn.Module):
+    """aten::cummax has no ONNX symbolic: torch.onnx refuses the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(self.rnn(x)[0], dim=1)[0]
+
+
+def test_export_failure_leaves_torchscript_only(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    eager = Unexportable().eval()
+    path = tmp_path / "u.pt"
+    torch.jit.save(torch.jit.script(eager), str(path))
+    out = tmp_path / "out"
+    manifest, _ = api.compile(path, target="cpu", backends=["torch", "torchscript", "onnxruntime"], out=out,
+                              shapes={"x": (2, 5, 3)})
+    assert "Torch IR graph" not in capfd.readouterr().out  # the exporter's graph dump is silenced
+    backends = manifest.backends
+    assert backends["torchscript"].status == "ok", backends["torchscript"]
+    assert backends["torchscript"].verification.passed
+    assert backends["torch"].status == "skipped"
+    assert backends["onnxruntime"].status == "skipped"
+    assert backends["onnxruntime"].reason.startswith("no ONNX graph: torch.onnx cannot export it")
+    assert "aten::cummax" in backends["onnxruntime"].reason and "\n" not in backends["onnxruntime"].reason
+    assert exit_code(manifest) == 0 and not (out / "model.onnx").exists()
+    assert [(t.name, t.dims) for t in manifest.io.inputs] == [("x", ("batch", "seq", 3))]
+    assert [(t.name, t.dims) for t in manifest.io.outputs] == [("output", ("batch", "seq", 4))]
+
+    model = model_from_torchscript(path, {"x": (2, 5, 3)})
+    feeds = model.random_inputs(3, 6, np.random.default_rng(0))
+    with torch.inference_mode():
+        want = eager.double()(torch.from_numpy(feeds["x"]).double())
+    np.testing.assert_allclose(model.reference64(feeds)["output"], want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_export_failure_through_the_cli(tmp_path: Path, cli) -> None:
+    path = script(Unexportable(), tmp_path / "u.pt")
+    code, stdout, err = cli("compile", path, "--target", "cpu", "--backends", "torchscript,onnxruntime",
+                            "--shapes", "x:2x5x3", "--out", tmp_path / "out")
+    assert code == 0, err + stdout
+    assert "no ONNX graph" in stdout and "Torch IR graph" not in stdout
+    code, stdout, err = cli("verify", tmp_path / "out", "--target", "cpu")
+    assert code == 0, err + stdout
+
+
+class Carries(torch.nn.Module):
+    """Keeps its recurrent state in a buffer between calls."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.rnn = torch.nn.GRU(3, 4, batch_first=True)
+        self.register_buffer("h", torch.zeros(1, 2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, h = self.rnn(x, self.h)
+        if self.in_place:
+            self.h.copy_(h)
+        else:
+            self.h = h
+        return y
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_state_in_attributes_refuses_onnx(in_place: bool, tmp_path: Path) -> None:
+    """torch.onnx exports such a module, the state frozen to a constant: a graph that would answer
+    every call like the first. rnnc refuses that graph and says why."""
+    path = script(Carries(in_place), tmp_path / "c.pt")
+    model = model_from_torchscript(path, {"x": (2, 5, 3)})
+    assert model.onnx is None and "self.h" in model.extra["no_onnx"], model.extra
+    assert model.inputs[0].dims == (2, 5, 3)  # the state holds batch 2: no other batch runs
+    manifest = compile_model(model, "cpu", ["torchscript", "onnxruntime"], tmp_path / "out")
+    assert manifest.backends["torchscript"].status == "ok", manifest.backends["torchscript"]
+    assert manifest.backends["onnxruntime"].reason.startswith("no ONNX graph: forward updates self.h")
+    assert exit_code(manifest) == 0
+
+
+def test_batchnorm_keeps_its_onnx_graph(tmp_path: Path) -> None:
+    """BatchNorm's forward counts batches in place, under `if self.training`: in eval mode that
+    is no state, and the module keeps its ONNX graph."""
+    class Normed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(3)
+            self.rnn = torch.nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(self.norm(x.transpose(1, 2)).transpose(1, 2))[0]
+
+    path = script(Normed(), tmp_path / "n.pt")
+    model = model_from_torchscript(path, {"x": (2, 5, 3)})
+    assert model.onnx is not None and "no_onnx" not in model.extra
+
+
+# -- a module that raises -------------------------------------------------------------------------
+
+class Asserts(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.GRU(3, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1] == 7, "expects 7 steps"
+        return self.rnn(x)[0]
+
+
+class Raises(Asserts):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 7:
+            raise ValueError("expects 7 steps, got " + str(x.shape[1]))
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("module, message", [(Asserts, "AssertionError: expects 7 steps"),
+                                             (Raises, "ValueError: expects 7 steps, got 5")])
+def test_a_module_that_raises_is_a_user_error(module: type, message: str, tmp_path: Path, cli) -> None:
+    path = script(module(), tmp_path / "r.pt")
+    with pytest.raises(UserError) as err:
+        model_from_torchscript(path, {"x": (2, 5, 3)})
+    assert err.value.problems == [f"{path}: forward raised on inputs of the --shapes given: {message}"]
+    code, stdout, stderr = cli("compile", path, "--target", "cpu", "--shapes", "x:2x5x3", "--out", tmp_path / "o")
+    assert code == 2 and message in stderr and "Traceback" not in stderr + stdout
+
+
+def test_module_message() -> None:
+    assert module_message(RuntimeError("bad size\nmore")) == "RuntimeError: bad size"
+    assert module_message(ValueError("")) == "ValueError"
+    scripted = torch.jit.script(Asserts().eval())
+    try:
+        scripted(torch.zeros(1, 2, 3))
+    except Exception as err:  # noqa: BLE001 - torch.jit.Error
+        assert module_message(err) == "AssertionError: expects 7 steps"

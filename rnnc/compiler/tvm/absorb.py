@@ -1,0 +1,198 @@
+"""The layout shuffles and dense chains our kernels take over, found on the ONNX graph before import.
+
+A rewrite of the graph (a copy; the user's is untouched), so that TVM's own ONNX frontend converts
+what is left and our converters (`frontend`) see one node per kernel:
+
+- `Transpose(perm=[1,0,2]) -> LSTM/GRU/RNN`: the kernel reads X batch-major itself;
+- `Y -> Squeeze(axes=[1])` (torch.onnx's Y[:, 0]), `Y -> Transpose([0,2,1,3]) -> Reshape([0,0,-1])`
+  (the next layer's input) and `Y -> Transpose([2,0,1,3]) -> Reshape([0,0,-1])` (batch-major
+  output): the kernel writes Y there;
+- `Y_h -> Transpose([1,0,2]) -> Reshape([0,-1])` (h_n of a many-to-one model): likewise;
+- `MatMul(x, W) -> Add(b) [-> Sigmoid/Tanh/Relu/LeakyRelu]` with constant 2-D float32 W (CPU): one
+  `RnncDense` node, our register-tiled dense kernel.
+
+What a recurrent kernel writes is recorded on its node as `rnnc_x`, `rnnc_y`, `rnnc_yh`, `rnnc_yc`
+(layout names of `spec.Y_LAYOUTS` / `YH_LAYOUTS`; "" where nothing reads the output). Subgraphs
+(If, Loop, Scan bodies) are rewritten the same way; a value a subgraph reads from outside counts
+as read there, so nothing it needs is absorbed.
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper
+
+RECURRENT = ("LSTM", "GRU", "RNN")
+DENSE = "RnncDense"
+DENSE_ACTIVATIONS = ("Sigmoid", "Tanh", "Relu", "LeakyRelu")
+
+
+def absorb(proto: onnx.ModelProto, dense: bool = True) -> onnx.ModelProto:
+    """A copy of `proto` with the patterns above rewritten; `dense=False` keeps every MatMul."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    constants = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    _Graph(out.graph, constants, dense).rewrite()
+    return out
+
+
+class _Graph:
+    def __init__(self, graph: onnx.GraphProto, constants: dict, dense: bool) -> None:
+        self.graph = graph
+        self.dense = dense
+        self.consts = dict(constants)
+        self.consts.update((t.name, numpy_helper.to_array(t)) for t in graph.initializer)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self.producers: dict[str, onnx.NodeProto] = {}
+        for node in graph.node:
+            for name in node.output:
+                self.producers[name] = node
+            for name in list(node.input) + sorted(_outer_reads(node)):
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in graph.output}
+        self.dropped: set[int] = set()
+
+    def rewrite(self) -> None:
+        for node in list(self.graph.node):
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    _Graph(sub, self.consts, self.dense).rewrite()
+        replaced: dict[int, onnx.NodeProto] = {}
+        for node in self.graph.node:
+            if id(node) in self.dropped:
+                continue
+            if node.op_type in RECURRENT and node.domain in ("", "ai.onnx"):
+                self._recurrent(node)
+            elif node.op_type == "MatMul" and self.dense and node.domain in ("", "ai.onnx"):
+                fused = self._dense(node)
+                if fused is not None:
+                    replaced[id(node)] = fused
+        nodes = [replaced.get(id(n), n) for n in self.graph.node if id(n) not in self.dropped]
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _only_consumer(self, name: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(name, [])
+        return users[0] if len(users) == 1 and name not in self.outputs else None
+
+    def _read(self, name: str) -> bool:
+        return bool(self.consumers.get(name)) or name in self.outputs
+
+    @staticmethod
+    def _attr(node: onnx.NodeProto, name: str, default=None):
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+    def _perm(self, node: onnx.NodeProto | None, perm: list[int]) -> bool:
+        return node is not None and node.op_type == "Transpose" and list(self._attr(node, "perm", [])) == perm
+
+    def _ints(self, name: str) -> list[int] | None:
+        value = self.consts.get(name)
+        return None if value is None else [int(v) for v in value.reshape(-1)]
+
+    def _reshape_to(self, node: onnx.NodeProto | None, shape: list[int]) -> bool:
+        return (node is not None and node.op_type == "Reshape" and self._ints(node.input[1]) == shape
+                and not self._attr(node, "allowzero", 0))
+
+    def _chain(self, name: str, perm: list[int], shape: list[int]) -> str | None:
+        """`name -> Transpose(perm) -> Reshape(shape)`, each the only reader: the last value."""
+        t = self._only_consumer(name)
+        if not self._perm(t, perm):
+            return None
+        r = self._only_consumer(t.output[0])
+        if not self._reshape_to(r, shape):
+            return None
+        self.dropped.update((id(t), id(r)))
+        return r.output[0]
+
+    def _squeeze_axes(self, node: onnx.NodeProto) -> list[int] | None:
+        if len(node.input) > 1 and node.input[1]:
+            return self._ints(node.input[1])
+        axes = self._attr(node, "axes")
+        return None if axes is None else [int(v) for v in axes]
+
+    # -- recurrent nodes ------------------------------------------------------------------------
+
+    def _recurrent(self, node: onnx.NodeProto) -> None:
+        layout = int(self._attr(node, "layout", 0))
+        direction = self._attr(node, "direction", b"forward")
+        one_dir = (direction.decode() if isinstance(direction, bytes) else direction) != "bidirectional"
+        x_layout = "bti" if layout else "tbi"
+        src = self.producers.get(node.input[0])
+        if not layout and self._perm(src, [1, 0, 2]) and self._only_consumer(node.input[0]) is node:
+            node.input[0] = src.input[0]
+            x_layout = "bti"
+            self.dropped.add(id(src))
+        outs = list(node.output) + [""] * (3 - len(node.output))
+        layouts = ["", "", ""]
+        if outs[0] and self._read(outs[0]):
+            layouts[0] = "btd_h" if layout else "tdbh"
+            sq = self._only_consumer(outs[0])
+            if not layout and one_dir and sq is not None and sq.op_type == "Squeeze" and self._squeeze_axes(sq) == [1]:
+                outs[0], layouts[0] = sq.output[0], "tbdh"
+                self.dropped.add(id(sq))
+            elif not layout:
+                for perm, kind in (([0, 2, 1, 3], "tbdh"), ([2, 0, 1, 3], "btdh")):
+                    if found := self._chain(outs[0], perm, [0, 0, -1]):
+                        outs[0], layouts[0] = found, kind
+                        break
+        else:
+            outs[0] = ""
+        if outs[1] and self._read(outs[1]):
+            layouts[1] = "bd_h" if layout else "dbh"
+            if not layout and (found := self._chain(outs[1], [1, 0, 2], [0, -1])):
+                outs[1], layouts[1] = found, "bdh"
+        else:
+            outs[1] = ""
+        if node.op_type == "LSTM" and outs[2] and self._read(outs[2]):
+            layouts[2] = "bd_h" if layout else "dbh"
+        else:
+            outs[2] = ""
+        outs = outs[:3 if node.op_type == "LSTM" else 2]
+        while outs and not outs[-1]:
+            outs.pop()
+        del node.output[:]
+        node.output.extend(outs)
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in
+                              zip(("rnnc_x", "rnnc_y", "rnnc_yh", "rnnc_yc"), [x_layout] + layouts))
+
+    # -- dense ----------------------------------------------------------------------------------
+
+    def _dense(self, node: onnx.NodeProto) -> onnx.NodeProto | None:
+        w = self.consts.get(node.input[1])
+        if w is None or w.ndim != 2 or w.dtype.name != "float32":
+            return None
+        inputs, out, act, alpha = [node.input[0], node.input[1]], node.output[0], "", 0.0
+        add = self._only_consumer(out)
+        if add is not None and add.op_type == "Add":
+            other = add.input[1] if add.input[0] == out else add.input[0]
+            b = self.consts.get(other)
+            if b is not None and b.dtype.name == "float32" and b.ndim <= 2 and b.size == w.shape[1] \
+                    and b.shape[-1] == w.shape[1]:
+                inputs.append(other)
+                out = add.output[0]
+                self.dropped.add(id(add))
+                a = self._only_consumer(out)
+                if a is not None and a.op_type in DENSE_ACTIVATIONS:
+                    act, alpha, out = a.op_type, float(self._attr(a, "alpha", 0.01)), a.output[0]
+                    self.dropped.add(id(a))
+        return helper.make_node(DENSE, inputs, [out], name=node.name, act=act, alpha=alpha)
+
+
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs read from the enclosing scope (every input of their nodes that the
+    subgraph itself does not define)."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                defined.update(n.output)
+            for n in sub.node:
+                reads.update(i for i in n.input if i and i not in defined)
+                reads.update(r for r in _outer_reads(n) if r not in defined)
+    return reads
