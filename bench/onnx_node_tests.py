@@ -9,12 +9,19 @@ the CLI, not the Python API, means that what is counted is what a user gets, exi
 
     python bench/onnx_node_tests.py --ops Add,Relu,LSTM --backends onnxruntime,tvm --jobs 2 --out build/node
 
+Each command is the same argv as `python -m rnnc ...`, run by `rnnc.cli.main(argv)` in a worker
+process that stays alive (one per job, replaced every 50 commands, on a timeout and on a crash), so
+that torch, TVM and onnxruntime are imported once per worker, not once per command (~5 s each);
+`--isolated` runs every command as a subprocess instead. Each job is pinned to its share of the
+cores (rnnc's runtimes use every core a process may use): with --jobs 2 on 2 cores, one each.
+
 Outcomes per case and backend: passed; failed (wrong values, with the max abs error); refused
 (rnnc's import refused the model: its one line); skipped (the backend skipped it: its reason);
 errored (a command crashed or timed out: exit code and its line); not a tensor case (sequence,
-optional or map inputs or outputs, which `rnnc run`'s .npz cannot carry). It prints a table per
-backend, and writes DIR/results.json (one record per case and backend) and DIR/summary.md (every
-failure grouped by its normalised reason).
+optional or map inputs or outputs, which `rnnc run`'s .npz cannot carry). Each case's records are
+appended to DIR/results.jsonl as it finishes (an interrupted run keeps them; `--resume` skips those
+cases). At the end it prints a table per backend and writes, from results.jsonl, DIR/results.json
+(one record per case and backend) and DIR/summary.md (every failure grouped by its normalised reason).
 
 Where the test data come from: some onnx wheels ship `onnx/backend/test/data/node/`; others (1.23
 here) ship only the Python that generates the cases. Then the cases are written once, in the same
@@ -24,19 +31,26 @@ on-disk layout, to $XDG_CACHE_HOME/rnnc/onnx-node-tests/onnx-VERSION/node (about
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import importlib
+import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import warnings
 from collections import Counter, defaultdict
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -49,6 +63,7 @@ ATOL = 1e-7
 STANDARD_DOMAINS = ("", "ai.onnx")
 DEFAULT_BACKENDS = ("onnxruntime", "tvm")
 DEFAULT_TIMEOUT_S = 600.0
+MAX_COMMANDS = 50  # commands an in-process worker runs before it is replaced
 
 # Outcome categories, in the order the tables show them.
 PASSED, FAILED, REFUSED, SKIPPED, ERRORED, NOT_TENSOR = (
@@ -73,14 +88,15 @@ class Record:
 
 @dataclass(frozen=True)
 class Options:
-    """What every case needs to know; passed to the worker processes as is (picklable)."""
+    """What every case needs to know."""
 
     backends: tuple[str, ...]
     out: Path
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S   # per rnnc command
     keep: bool = False
     rtol: float = RTOL
     atol: float = ATOL
+    isolated: bool = False                 # each command a `python -m rnnc` subprocess (else in-process workers)
 
 
 # --------------------------------------------------------------------------- test data
@@ -247,24 +263,167 @@ class Ran:
     seconds: float
 
 
-def rnnc(args: Sequence[str], log: Path, timeout_s: float) -> Ran:
-    """`python -m rnnc ARGS` as a user runs it; stdout and stderr also go to `log` for a post-mortem."""
-    cmd = [sys.executable, "-m", "rnnc", *map(str, args)]
+def rnnc(args: Sequence[str], log: Path, opts: Options) -> Ran:
+    """`rnnc ARGS` as a user runs it, by this thread's runner (see `runner`); the text also goes to `log`."""
+    argv = [str(a) for a in args]
     start = time.perf_counter()
-    # A session of its own, so that a timeout ends the command and whatever it started (compilers).
-    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, errors="replace", start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            code = None
+    code, out, err = runner(opts).call(argv, opts.timeout_s)
     ran = Ran(code, out, err, time.perf_counter() - start)
-    log.write_text(f"$ {' '.join(cmd)}\nexit {ran.code}  ({ran.seconds:.1f} s)\n"
+    how = "subprocess" if opts.isolated else "in-process"
+    log.write_text(f"$ rnnc {' '.join(argv)}\nexit {ran.code}  ({ran.seconds:.1f} s, {how})\n"
                    f"--- stdout\n{ran.stdout}\n--- stderr\n{ran.stderr}")
     return ran
+
+
+_local = threading.local()  # each thread of run_all's pool has its own runner (and worker process)
+
+
+def runner(opts: Options) -> Worker | Subprocess:
+    """This thread's runner (a thread that run_all did not set up gets an unpinned one)."""
+    if not hasattr(_local, "runner"):
+        _local.runner = Subprocess() if opts.isolated else Worker()
+    return _local.runner
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The thread-count variables of OpenMP, BLAS and TVM's runtime, all set to `threads`."""
+    return {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                      "TVM_NUM_THREADS")}
+
+
+def in_process(argv: list[str]) -> tuple[int, str, str]:
+    """`rnnc ARGV` in this process, ending as `python -m rnnc ARGV` would: (exit code, stdout, stderr).
+
+    Whatever it raises is caught as the interpreter would report it (SystemExit's code; a traceback
+    and exit 1 for anything else), so one odd case never takes its worker down.
+    """
+    from rnnc.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv) or 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            if not isinstance(stop.code, (int, type(None))):
+                print(stop.code, file=sys.stderr)
+        except BaseException:  # noqa: BLE001 - reported, as the interpreter would
+            traceback.print_exc()
+            code = 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def _serve(conn: Connection, cores: list[int] | None, log: Path | None) -> None:
+    """A worker process: runs each argv it receives with `in_process` and sends back the result."""
+    os.setsid()  # a group of its own: a timeout kills it with whatever it started (compilers)
+    if cores:  # rnnc's runtimes use every core the process may use: pinning sets their thread counts
+        os.sched_setaffinity(0, cores)
+        os.environ.update(thread_env(len(cores)))
+    if log is not None:  # C-level output (TVM, LLVM) and a crash's traceback, out of the terminal
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        faulthandler.enable()
+    import rnnc.cli  # noqa: F401 - once per worker, not once per command
+    while True:
+        try:
+            argv = conn.recv()
+        except EOFError:  # the harness closed its end
+            return
+        conn.send(in_process(argv))
+
+
+class Worker:
+    """A process that stays alive and runs rnnc commands in-process (`rnnc.cli.main(argv)`), one at a time.
+
+    The same argv as `python -m rnnc`, minus the interpreter start and the ~5 s import of torch, TVM
+    and onnxruntime. It is replaced after MAX_COMMANDS commands (loaded libraries add up), when a
+    command runs past its timeout (killed: `code` None, as a subprocess's timeout) and when it dies
+    (a native crash: the negative signal number, as a subprocess's). Started with 'spawn', never
+    forked from the harness's threads.
+    """
+
+    def __init__(self, cores: list[int] | None = None, log: Path | None = None) -> None:
+        self.cores, self.log = cores, log
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.left, self.stopped, self.lock = 0, False, threading.Lock()
+
+    def call(self, argv: list[str], timeout_s: float) -> tuple[int | None, str, str]:
+        with self.lock:  # against stop() from the main thread
+            if self.stopped:
+                return None, "", "stopped"
+            if self.left == 0:
+                self._kill()
+                ctx = multiprocessing.get_context("spawn")
+                self.conn, theirs = ctx.Pipe()
+                self.proc = ctx.Process(target=_serve, args=(theirs, self.cores, self.log), daemon=True)
+                self.proc.start()
+                theirs.close()
+                self.left = MAX_COMMANDS
+            self.left -= 1
+            proc, conn = self.proc, self.conn
+        try:
+            conn.send(argv)
+            if conn.poll(timeout_s):
+                return conn.recv()
+            result: tuple[int | None, str, str] = (None, "", "")  # timed out
+        except (EOFError, OSError):  # it died mid-command
+            proc.join()
+            code = proc.exitcode
+            name = signal.Signals(-code).name if code and code < 0 else f"exit {code}"
+            where = f"; its output went to {self.log}" if self.log else ""
+            result = (code, "", f"rnnc worker process died ({name}){where}")
+        with self.lock:
+            self._kill()
+        return result
+
+    def stop(self) -> None:
+        """Kill the worker and start no other (an interrupted run)."""
+        with self.lock:
+            self.stopped = True
+            self._kill()
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # it and whatever it started
+            self.proc.kill()
+            self.proc.join()
+            self.conn.close()
+        self.proc, self.conn, self.left = None, None, 0
+
+
+class Subprocess:
+    """--isolated: each command is `python -m rnnc ARGS`, a process of its own (~5 s more per command)."""
+
+    def __init__(self, cores: list[int] | None = None) -> None:
+        self.cores, self.proc, self.stopped = cores, None, False
+
+    def call(self, argv: list[str], timeout_s: float) -> tuple[int | None, str, str]:
+        if self.stopped:
+            return None, "", "stopped"
+        env = {**os.environ, **thread_env(len(self.cores))} if self.cores else None
+        # A session of its own, so that a timeout ends the command and whatever it started (compilers).
+        with subprocess.Popen([sys.executable, "-m", "rnnc", *argv], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                              start_new_session=True, env=env) as self.proc:
+            if self.cores:  # long before it imports anything that reads it
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(self.proc.pid, self.cores)
+            try:
+                out, err = self.proc.communicate(timeout=timeout_s)
+                return self.proc.returncode, out, err
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                out, err = self.proc.communicate()
+                return None, out, err
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def error_line(stderr: str, model: Path | None = None) -> str:
@@ -382,7 +541,7 @@ def _run_case(case_dir: Path, ops: list[str], opts: Options, work: Path) -> list
     compiled = work / "compiled"
     args = ["compile", case_dir / "model.onnx", "--target", "cpu", "--backends", ",".join(opts.backends),
             "--out", compiled]
-    ran = rnnc(args, work / "compile.log", opts.timeout_s)
+    ran = rnnc(args, work / "compile.log", opts)
     bound: list[str] = []
     if ran.code == 2 and "--bind" in ran.stderr:
         # Integer / bool inputs (indices, shapes, axes) cannot be drawn at random for verification:
@@ -394,7 +553,7 @@ def _run_case(case_dir: Path, ops: list[str], opts: Options, work: Path) -> list
             np.save(path, data_sets[0][0][n])
             binds.append(f"{n}={path}")
         if binds:
-            ran = rnnc([*args, "--bind", ",".join(binds)], work / "compile_bind.log", opts.timeout_s)
+            ran = rnnc([*args, "--bind", ",".join(binds)], work / "compile_bind.log", opts)
     if ran.code == 2:
         return every(REFUSED, error_line(ran.stderr, case_dir / "model.onnx"), bound=bound)
     manifest_path = compiled / "manifest.json"
@@ -426,7 +585,7 @@ def _run_backend(case: str, ops: list[str], backend: str, entry: dict[str, Any] 
         npz, out = work / f"in_{i}.npz", work / f"out_{backend}_{i}.npz"
         np.savez(npz, **{k: v for k, v in inputs.items() if k not in bound})
         ran = rnnc(["run", compiled, "--backend", backend, "--inputs", npz, "--out", out],
-                   work / f"run_{backend}_{i}.log", opts.timeout_s)
+                   work / f"run_{backend}_{i}.log", opts)
         if ran.code != 0:
             rec.reason = failure(ran, "run", opts.timeout_s)
             return rec
@@ -451,35 +610,70 @@ def _run_backend(case: str, ops: list[str], backend: str, entry: dict[str, Any] 
 
 
 def run_all(cases: Sequence[tuple[Path, list[str]]], opts: Options, jobs: int = 1,
-            progress: bool = True) -> list[Record]:
-    """Every case through `run_case`, `jobs` at a time in a process pool; results.json kept up to date.
+            progress: bool = True, resume: bool = False) -> list[Record]:
+    """Every case through `run_case`, `jobs` at a time; each case's records go to DIR/results.jsonl as
+    it finishes, so that an interrupted run keeps what it did, and `resume` skips the cases in it.
 
-    Records come back in case order whatever the order of completion, so two runs diff cleanly.
+    Each of the `jobs` threads has its own runner (a worker process, or subprocesses with
+    opts.isolated) pinned to its share of the cores: with --jobs 2 on 2 cores, one core each.
+    Returns the records of `cases` in results.jsonl, in case order whatever the order of completion,
+    so that two runs diff cleanly.
     """
     opts.out.mkdir(parents=True, exist_ok=True)
-    done: dict[int, list[Record]] = {}
+    jsonl = opts.out / "results.jsonl"
+    kept = read_records(jsonl) if resume else []
+    have: dict[str, set[str]] = defaultdict(set)
+    for r in kept:
+        have[r.case].add(r.backend)
+    todo = [(d, ops) for d, ops in cases if not set(opts.backends) <= have[d.name]]
+    if progress and resume:
+        print(f"resuming: {len(cases) - len(todo)} of {len(cases)} cases already in {jsonl}", file=sys.stderr)
+    allowed = sorted(os.sched_getaffinity(0))
+    share = max(1, len(allowed) // jobs)
+    slots = iter(range(jobs))  # the pool starts at most `jobs` threads
+    runners: list[Worker | Subprocess] = []
+
+    def start_thread() -> None:
+        k = next(slots)
+        cores = [allowed[(k * share + j) % len(allowed)] for j in range(share)]
+        _local.runner = Subprocess(cores) if opts.isolated else Worker(cores, opts.out / "workers.log")
+        runners.append(_local.runner)
+
     start = time.perf_counter()
+    with open(jsonl, "w") as sink, ThreadPoolExecutor(jobs, initializer=start_thread) as pool:
+        sink.writelines(json.dumps(asdict(r)) + "\n" for r in kept)  # rewritten without a line cut short
+        futures = {pool.submit(run_case, d, ops, opts): d.name for d, ops in todo}
+        try:
+            for n, fut in enumerate(as_completed(futures), 1):
+                records = fut.result()
+                sink.writelines(json.dumps(asdict(r)) + "\n" for r in records)
+                sink.flush()
+                if progress:
+                    elapsed = time.perf_counter() - start
+                    outcomes = "  ".join(f"{r.backend}:{r.outcome}" for r in records)
+                    took = f"{records[0].seconds:.1f}s" if records else ""
+                    print(f"[{n}/{len(todo)}] {futures[fut]}  {outcomes}  {took}  elapsed {_duration(elapsed)}  "
+                          f"ETA {_duration(elapsed / n * (len(todo) - n))}", file=sys.stderr, flush=True)
+        finally:  # done, or interrupted: queued cases are dropped, running commands killed
+            pool.shutdown(wait=False, cancel_futures=True)
+            for r in runners:
+                r.stop()
+    return collect(jsonl, cases, opts.backends)
 
-    def finished(i: int, records: list[Record]) -> None:
-        done[i] = records
-        write_results(opts, [r for k in sorted(done) for r in done[k]], partial=len(done) < len(cases))
-        if progress:
-            elapsed = time.perf_counter() - start
-            eta = elapsed / len(done) * (len(cases) - len(done))
-            outcomes = "  ".join(f"{r.backend}:{r.outcome}" for r in records)
-            print(f"[{len(done)}/{len(cases)}] {cases[i][0].name}  {outcomes}  "
-                  f"elapsed {_duration(elapsed)}  ETA {_duration(eta)}", file=sys.stderr, flush=True)
 
-    if jobs <= 1:
-        for i, (case_dir, ops) in enumerate(cases):
-            finished(i, run_case(case_dir, ops, opts))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures: dict[Future[list[Record]], int] = {
-                pool.submit(run_case, case_dir, ops, opts): i for i, (case_dir, ops) in enumerate(cases)}
-            for fut in as_completed(futures):
-                finished(futures[fut], fut.result())
-    return [r for k in sorted(done) for r in done[k]]
+def read_records(path: Path) -> list[Record]:
+    """results.jsonl's records in the order written (none if missing); a line cut short by a kill is skipped."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        with contextlib.suppress(ValueError, TypeError):
+            records.append(Record(**json.loads(line)))
+    return records
+
+
+def collect(path: Path, cases: Sequence[tuple[Path, list[str]]], backends: Sequence[str]) -> list[Record]:
+    """The last record in results.jsonl of each of `cases` on each of `backends`, in case order."""
+    last = {(r.case, r.backend): r for r in read_records(path)}
+    return [last[d.name, b] for d, _ in cases for b in backends if (d.name, b) in last]
 
 
 def _duration(seconds: float) -> str:
@@ -559,7 +753,7 @@ def summary_md(records: Sequence[Record], opts: Options) -> str:
 
 
 def write_results(opts: Options, records: Sequence[Record], partial: bool = False) -> None:
-    """DIR/results.json, atomically (an interrupted run leaves the cases done so far)."""
+    """DIR/results.json, atomically; `partial`: some selected cases are not in it (an interrupted run)."""
     doc = {"onnx": onnx.__version__, "backends": list(opts.backends), "rtol": opts.rtol, "atol": opts.atol,
            "partial": partial, "totals": {b: dict(c) for b, c in tally(records).items()},
            "records": [asdict(r) for r in records]}
@@ -581,6 +775,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds per rnnc command (default %(default)g)")
     p.add_argument("--keep", action="store_true", help="keep the work folders of cases that passed too")
+    p.add_argument("--resume", action="store_true", help="skip the cases already in DIR/results.jsonl")
+    p.add_argument("--isolated", action="store_true",
+                   help="run each command as a `python -m rnnc` subprocess (~5 s more per command) "
+                        "instead of in long-lived worker processes")
     p.add_argument("--list", action="store_true", help="print the selected cases and their ops, run nothing")
     args = p.parse_args(argv)
 
@@ -594,13 +792,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cases:
         print("no case matches", file=sys.stderr)
         return 2
-    opts = Options(backends, args.out, args.timeout, args.keep)
-    records = run_all(cases, opts, max(1, args.jobs))
-    write_results(opts, records)
+    opts = Options(backends, args.out, args.timeout, args.keep, isolated=args.isolated)
+    try:
+        records, partial = run_all(cases, opts, max(1, args.jobs), resume=args.resume), False
+    except KeyboardInterrupt:
+        records, partial = collect(opts.out / "results.jsonl", cases, backends), True
+        print("interrupted: results so far below; --resume continues", file=sys.stderr)
+    write_results(opts, records, partial)
     (opts.out / "summary.md").write_text(summary_md(records, opts))
     print(table(records, backends))
     print(f"wrote {opts.out / 'results.json'} and {opts.out / 'summary.md'}")
-    return 0
+    return 130 if partial else 0
 
 
 if __name__ == "__main__":

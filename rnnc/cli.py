@@ -262,7 +262,8 @@ def _table(manifest: Manifest) -> str:
         v = b.verification
         fmt = lambda x: "-" if x is None else f"{x:.2e}"  # noqa: E731
         rows.append((name, b.status, fmt(v and v.max_abs_err), fmt(v and v.rel_err), fmt(v and v.tolerance),
-                     str(len(b.shapes)), "-" if b.build_time_s is None else f"{b.build_time_s:.2f}",
+                     f"{len(b.shapes)}, {v.chain} calls" if v and v.chain else str(len(b.shapes)),
+                     "-" if b.build_time_s is None else f"{b.build_time_s:.2f}",
                      b.reason or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]

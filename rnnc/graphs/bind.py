@@ -128,37 +128,42 @@ def _fit(value_info: onnx.ValueInfoProto, value: np.ndarray) -> np.ndarray:
 # -- folding ---------------------------------------------------------------------------------------
 
 def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` with constant nodes evaluated and constant-condition Ifs inlined."""
+    """A copy of `proto` with constant nodes evaluated and constant-condition Ifs inlined, in
+    subgraphs too (a weight an exporter reshapes inside an If branch becomes a constant there)."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    graph = out.graph
-    consts = {t.name: t for t in graph.initializer}
+    _fold_graph(out.graph, {}, out.opset_import, out.ir_version >= 4)
+    drop_unused(out.graph)
+    return out
+
+
+def _fold_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], opsets: Any, constants: bool) -> None:
+    consts = {**outer, **{t.name: t for t in graph.initializer}}
+    outputs = {o.name for o in graph.output}
     queue = list(graph.node)
     kept: list[onnx.NodeProto] = []
     while queue:
         node = queue.pop(0)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and out.ir_version >= 4:
-            value = _evaluate(node, {}, out.opset_import)
-            if value is not None:
-                _add(graph, consts, node.output[0], value[0])
-                continue
         if node.op_type == "If" and node.input[0] in consts:
             queue[:0] = _inline(graph, node, consts)
             continue
         inputs = [i for i in node.input if i]
-        if (node.domain in ("", "ai.onnx") and node.op_type not in _UNFOLDABLE and inputs
+        if (constants and not any(o in outputs for o in node.output)  # a graph output stays a node's
+                and node.domain in ("", "ai.onnx") and node.op_type not in _UNFOLDABLE
                 and all(i in consts for i in inputs) and not _has_subgraph(node)):
-            values = _evaluate(node, {i: numpy_helper.to_array(consts[i]) for i in inputs}, out.opset_import)
+            values = _evaluate(node, {i: numpy_helper.to_array(consts[i]) for i in inputs}, opsets)
             if values is not None:
                 for name, value in zip(node.output, values):
                     if name:
                         _add(graph, consts, name, value)
                 continue
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                _fold_graph(sub, consts, opsets, constants)
+                drop_unused(sub)
         kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    drop_unused(graph)
-    return out
 
 
 def _inline(graph: onnx.GraphProto, node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]

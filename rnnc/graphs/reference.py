@@ -337,26 +337,39 @@ def float64_reference(proto: onnx.ModelProto) -> Callable[[Arrays], Arrays]:
     return reference64
 
 
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
+
 def to_float64(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose float32 values (inputs, outputs, initializers, Constants, Casts) are float64."""
+    """A copy whose float values (float32, float16 and bfloat16: inputs, outputs, initializers,
+    Constants, Casts), subgraphs included, are float64."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    g = out.graph
+    _graph_to_float64(out.graph)
+    return out
+
+
+def _graph_to_float64(g: onnx.GraphProto) -> None:
     for t in g.initializer:
-        if t.data_type == TensorProto.FLOAT:
+        if t.data_type in _FLOATS:
             t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
     for v in list(g.input) + list(g.output) + list(g.value_info):
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+        if v.type.tensor_type.elem_type in _FLOATS:
             v.type.tensor_type.elem_type = TensorProto.DOUBLE
     for node in g.node:
         for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type in _FLOATS:
                 a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
-            elif node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+            elif node.op_type in ("Cast", "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike",
+                                  "RandomUniformLike") and a.name in ("to", "dtype") and a.i in _FLOATS:
                 a.i = TensorProto.DOUBLE
             elif node.op_type == "Constant" and a.name in ("value_float", "value_floats"):
                 values = [a.f] if a.name == "value_float" else list(a.floats)
                 shape = [] if a.name == "value_float" else [len(values)]
                 a.CopyFrom(helper.make_attribute("value", numpy_helper.from_array(
                     np.array(values, dtype=np.float64).reshape(shape))))
-    return out
+            elif a.type == onnx.AttributeProto.GRAPH:
+                _graph_to_float64(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    _graph_to_float64(sub)

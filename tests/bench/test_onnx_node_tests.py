@@ -1,13 +1,15 @@
 """bench/onnx_node_tests.py end to end on three of ONNX's node cases, through rnnc's real CLI.
 
 Only the onnxruntime backend (no TVM build), and only ONNX's add, relu and lstm case modules
-generated, so that the test does not pay the 20 s of generating the whole suite. Each case still
-starts `python -m rnnc` two or three times: about a minute on a shared 2-core machine, hence slow.
+generated, so that the test does not pay the 20 s of generating the whole suite. The commands run
+in the script's worker processes (each imports torch and onnxruntime once), hence slow all the same.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,13 +20,10 @@ CASES = ["test_add", "test_relu", "test_lstm_defaults"]
 
 
 def _load_script():
-    """The script as a module; registered in sys.modules so the process pool can pickle its functions."""
-    if "onnx_node_tests" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("onnx_node_tests", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["onnx_node_tests"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["onnx_node_tests"]
+    """The script as a module, importable by name: its 'spawn' workers unpickle its functions by it."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.append(str(SCRIPT.parent))
+    return importlib.import_module(SCRIPT.stem)
 
 
 @pytest.mark.slow
@@ -50,6 +49,16 @@ def test_three_cases_tally_and_results(tmp_path: Path) -> None:
     lstm = by_case["test_lstm_defaults"]
     assert lstm.outcome == t.PASSED, lstm.reason
     assert lstm.max_abs_err is not None and lstm.max_abs_err < 1e-3
+
+    # Every case streamed to results.jsonl; --resume runs only what a cut-short run did not finish.
+    jsonl = opts.out / "results.jsonl"
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == len(CASES)
+    assert t.run_all(cases, opts, progress=False, resume=True) == records  # nothing left to run
+    jsonl.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # as a kill mid-write leaves it
+    again = t.run_all(cases, opts, progress=False, resume=True)
+    assert [(r.case, r.outcome) for r in again] == [(r.case, r.outcome) for r in records]
+    assert len(jsonl.read_text().splitlines()) == len(CASES)  # the two kept and the rerun case
 
     doc = json.loads((opts.out / "results.json").read_text())
     assert len(doc["records"]) == len(CASES) and not doc["partial"]
@@ -89,3 +98,32 @@ def test_normalise_groups_repeated_reasons() -> None:
     assert t.normalise("output 'y': 3/60 values differ, max abs err 1.2e-05") == \
         t.normalise("output 'z': 1/4 values differ, max abs err 0.5")
     assert t.normalise("run exit 1: ValueError: /tmp/a/b.npz: bad") == "run exit N: ValueError: PATH: bad"
+
+
+def test_in_process_ends_as_the_subprocess_would() -> None:
+    """Same argv, same exit code and text, whether `python -m rnnc` or `rnnc.cli.main` in a process."""
+    t = _load_script()
+    for argv in (["--version"], ["run", "nowhere", "--backend", "nope", "--inputs", "x.npz"], ["compile"]):
+        code, out, err = t.in_process(argv)
+        assert (code, out, err) == t.Subprocess().call(argv, 120), argv
+        assert code == (0 if argv == ["--version"] else 2) and (out if code == 0 else err).strip()
+    code, _, err = t.in_process(["--definitely-not-a-flag"])
+    assert code == 2 and err.startswith("error:")
+
+
+def test_worker_survives_timeouts_and_crashes(tmp_path: Path) -> None:
+    """A timeout and a native crash are one command's result; the next command gets a fresh worker."""
+    t = _load_script()
+    w = t.Worker(log=tmp_path / "workers.log")
+    try:
+        assert w.call(["--version"], 0.001) == (None, "", "")  # the worker is still starting: timed out
+        assert w.call(["--version"], 120)[0] == 0
+        pid = w.proc.pid
+        os.kill(pid, signal.SIGSEGV)  # as a crash in a native library would end it
+        w.proc.join()
+        code, out, err = w.call(["--version"], 120)
+        assert code == -signal.SIGSEGV and "SIGSEGV" in err
+        assert w.call(["--version"], 120) == (0, t.in_process(["--version"])[1], "")
+        assert w.proc.pid != pid
+    finally:
+        w.stop()

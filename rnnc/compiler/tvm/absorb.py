@@ -26,19 +26,21 @@ DENSE = "RnncDense"
 DENSE_ACTIVATIONS = ("Sigmoid", "Tanh", "Relu", "LeakyRelu")
 
 
-def absorb(proto: onnx.ModelProto, dense: bool = True) -> onnx.ModelProto:
-    """A copy of `proto` with the patterns above rewritten; `dense=False` keeps every MatMul."""
+def absorb(proto: onnx.ModelProto, dense: bool = True, layouts: bool = True) -> onnx.ModelProto:
+    """A copy of `proto` with the patterns above rewritten; `dense=False` keeps every MatMul,
+    `layouts=False` every layout shuffle (`bench/fusions.py` measures what each one pays)."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     constants = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    _Graph(out.graph, constants, dense).rewrite()
+    _Graph(out.graph, constants, dense, layouts).rewrite()
     return out
 
 
 class _Graph:
-    def __init__(self, graph: onnx.GraphProto, constants: dict, dense: bool) -> None:
+    def __init__(self, graph: onnx.GraphProto, constants: dict, dense: bool, layouts: bool) -> None:
         self.graph = graph
         self.dense = dense
+        self.layouts = layouts
         self.consts = dict(constants)
         self.consts.update((t.name, numpy_helper.to_array(t)) for t in graph.initializer)
         for node in graph.node:
@@ -59,7 +61,7 @@ class _Graph:
         for node in list(self.graph.node):
             for attr in node.attribute:
                 for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    _Graph(sub, self.consts, self.dense).rewrite()
+                    _Graph(sub, self.consts, self.dense, self.layouts).rewrite()
         replaced: dict[int, onnx.NodeProto] = {}
         for node in self.graph.node:
             if id(node) in self.dropped:
@@ -77,8 +79,12 @@ class _Graph:
     # -- helpers --------------------------------------------------------------------------------
 
     def _only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading `name` (nothing to absorb into when layouts are kept as they are)."""
         users = self.consumers.get(name, [])
         return users[0] if len(users) == 1 and name not in self.outputs else None
+
+    def _absorbable(self, name: str) -> onnx.NodeProto | None:
+        return self._only_consumer(name) if self.layouts else None
 
     def _read(self, name: str) -> bool:
         return bool(self.consumers.get(name)) or name in self.outputs
@@ -100,7 +106,7 @@ class _Graph:
 
     def _chain(self, name: str, perm: list[int], shape: list[int]) -> str | None:
         """`name -> Transpose(perm) -> Reshape(shape)`, each the only reader: the last value."""
-        t = self._only_consumer(name)
+        t = self._absorbable(name)
         if not self._perm(t, perm):
             return None
         r = self._only_consumer(t.output[0])
@@ -123,7 +129,7 @@ class _Graph:
         one_dir = (direction.decode() if isinstance(direction, bytes) else direction) != "bidirectional"
         x_layout = "bti" if layout else "tbi"
         src = self.producers.get(node.input[0])
-        if not layout and self._perm(src, [1, 0, 2]) and self._only_consumer(node.input[0]) is node:
+        if self.layouts and not layout and self._perm(src, [1, 0, 2]) and self._only_consumer(node.input[0]) is node:
             node.input[0] = src.input[0]
             x_layout = "bti"
             self.dropped.add(id(src))
@@ -131,7 +137,7 @@ class _Graph:
         layouts = ["", "", ""]
         if outs[0] and self._read(outs[0]):
             layouts[0] = "btd_h" if layout else "tdbh"
-            sq = self._only_consumer(outs[0])
+            sq = self._absorbable(outs[0])
             if not layout and one_dir and sq is not None and sq.op_type == "Squeeze" and self._squeeze_axes(sq) == [1]:
                 outs[0], layouts[0] = sq.output[0], "tbdh"
                 self.dropped.add(id(sq))

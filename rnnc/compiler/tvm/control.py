@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,7 @@ def convert(importer: Any, op_name: str, inputs: Sequence[Expr | None], attrs: d
 # -- the two operators ----------------------------------------------------------------------------
 
 def _loop(importer: Any, node: _Node, inputs: list, a: dict) -> list:
+    """Loop(M, cond, v_initial...): trip bound M (int64 max without it), cond True without it."""
     what = node.what
     graph: onnx.GraphProto = a["body"]
     m, cond, *init = inputs + [None] * (2 - len(inputs))
@@ -98,6 +99,7 @@ def _loop(importer: Any, node: _Node, inputs: list, a: dict) -> list:
 
 
 def _scan(importer: Any, node: _Node, inputs: list, a: dict) -> list:
+    """Scan(initial states..., scan inputs...): n the scan inputs' length, each sliced by the body."""
     what = node.what
     if importer.opset < 9:
         raise Unsupported(f"{what}: Scan-8 (batched, with sequence_lens); opset 9 and later are taken")
@@ -105,11 +107,11 @@ def _scan(importer: Any, node: _Node, inputs: list, a: dict) -> list:
     k = int(a["num_scan_inputs"])
     states, xs = inputs[: len(inputs) - k], inputs[len(inputs) - k:]
     n_out = len(graph.output) - len(states)
-    if len(graph.input) != len(inputs) or n_out < 0 or any(x is None for x in inputs):
+    if k < 1 or len(graph.input) != len(inputs) or n_out < 0 or any(x is None for x in inputs):
         raise Unsupported(f"{what}: body with {len(graph.input)} inputs and {len(graph.output)} outputs "
                           f"for {len(states)} states and {k} scan inputs")
     in_axes = [_axis(what, ax, _rank(what, x)) for ax, x in zip(a.get("scan_input_axes", [0] * k), xs)]
-    in_dirs = list(a.get("scan_input_directions", [0] * k))
+    in_dirs = list(a.get("scan_input_directions", ())) + [0] * k
     lengths = [x.ty.shape.values[ax] for x, ax in zip(xs, in_axes)]
     if any(isinstance(s, tirx.IntImm) and isinstance(lengths[0], tirx.IntImm) and int(s) != int(lengths[0])
            for s in lengths):
@@ -120,23 +122,21 @@ def _scan(importer: Any, node: _Node, inputs: list, a: dict) -> list:
 
     def bind(loop: list, inv: list) -> dict:
         i, n_, _, *carried = loop
-        last = bb.emit(relax.op.subtract(n_, relax.const(1, "int64")))
-        slices = {}
-        for j, (x, ax, d) in enumerate(zip(inv[:k], in_axes, in_dirs)):
-            at = bb.emit(relax.op.subtract(last, i)) if d else i
-            slices[names[len(states) + j]] = bb.emit(relax.op.take(x, at, axis=ax, mode="clip"))
+        back = bb.emit(relax.op.subtract(relax.op.subtract(n_, relax.const(1, "int64")), i)) if any(in_dirs) else None
+        slices = {names[len(states) + j]: bb.emit(relax.op.take(x, back if d else i, axis=ax, mode="clip"))
+                  for j, (x, ax, d) in enumerate(zip(inv[:k], in_axes, in_dirs))}
         return {**dict(zip(names, carried)), **slices}
 
     outs = _lower(importer, node, graph, n, relax.const(True, "bool"), states, xs, bind,
                   cond_out=False, trips=lengths[0])
     finals, stacked = outs[: len(states)], outs[len(states):]
-    out_axes = list(a.get("scan_output_axes", [0] * n_out))
-    out_dirs = list(a.get("scan_output_directions", [0] * n_out))
-    for j, y in enumerate(stacked):
-        if out_dirs[j] if j < len(out_dirs) else 0:
+    out_axes = list(a.get("scan_output_axes", ())) + [0] * n_out
+    out_dirs = list(a.get("scan_output_directions", ())) + [0] * n_out
+    for j, y in enumerate(stacked):  # rows were stacked forwards on axis 0
+        if out_dirs[j]:
             y = bb.emit(relax.op.flip(y, axis=0))
         rank = len(y.ty.shape.values)
-        ax = _axis(what, out_axes[j] if j < len(out_axes) else 0, rank)
+        ax = _axis(what, out_axes[j], rank)
         if ax:
             perm = list(range(1, rank))
             perm.insert(ax, 0)
@@ -152,64 +152,74 @@ def _lower(importer: Any, node: _Node, graph: onnx.GraphProto, n: Expr, cond: Ex
     """Final carried values then stacked scan outputs of running `graph` from `init`; `scanned`
     are whole values the body slices (Scan's inputs); `trips` the trip count if known up front."""
     bb, what = importer.bb, node.what
-    for label, v in [*(("loop-carried value", v) for v in init), *(("scan input", v) for v in scanned)]:
-        _tensor_type(what, label, v)
+    first = 2 if cond_out else 0  # Loop's body takes iteration_num and cond first
+    for k, v in enumerate(init + scanned):
+        label = "loop-carried value" if k < len(init) else "scan input"
+        _tensor_type(what, f"{label} {graph.input[first + k].name!r}", v)
     outer = [(name, importer._nodes[name]) for name in sorted(_outer_reads(graph))
              if name in importer._nodes and not _closed(importer._nodes[name])]
     inv = list(scanned) + [v for _, v in outer]
-    body, elems = _body(importer, node, graph, n, cond, init, inv, [name for name, _ in outer], bind, cond_out)
+    body, elems = _body(importer, node, graph, init, inv, [name for name, _ in outer], bind, cond_out)
 
-    carried_types = [v.ty for v in init]
-    state_types = [_I64, _BOOL, _I64, *carried_types, *(relax.TensorType(ndim=len(e.shape.values) + 1, dtype=e.dtype)
-                                                         for e in elems)]
-    inv_types = [_I64, *(v.ty for v in inv)]
-    write = [bb.add_func(_write_kernel(len(e.shape.values), str(e.dtype), importer.target_kind),
-                         f"scan_write{len(e.shape.values)}_{e.dtype}") for e in elems]
     n_carried = len(init)
+    buf_types = [relax.TensorType(ndim=len(e.shape.values) + 1, dtype=e.dtype) for e in elems]
+    state_types = [_I64, _BOOL, _I64, *(v.ty for v in init), *buf_types]  # i, cond, capacity, ...
+    writes = [bb.add_func(_write_kernel(len(e.shape.values), str(e.dtype), importer.target_kind),
+                          f"scan_write{len(e.shape.values)}_{e.dtype}") for e in elems]
 
     def step(state: list, invariants: list) -> list:
-        """One iteration: the body, then its scan outputs written to row i (the buffers grown first)."""
-        i, cnd, cap, *rest = state
-        carried, bufs = rest[:n_carried], rest[n_carried:]
-        r = bb.emit(relax.Call(body, [i, invariants[0], cnd, *carried, *invariants[1:]]))
-        got = [bb.emit(relax.TupleGetItem(r, k)) for k in range(1 + n_carried + len(elems))]
-        ys = got[1 + n_carried:]
-        if ys:
-            bufs = [bb.match_cast(b, _rows(e)) for b, e in zip(bufs, elems)]
-            grow = _branch(bb, lambda: bb.emit(relax.Tuple(
-                [bb.emit(relax.op.concat([b, b, relax.op.expand_dims(y, 0)], axis=0)) for b, y in zip(bufs, ys)]
-                + [bb.emit(relax.op.add(relax.op.multiply(cap, relax.const(2, "int64")), relax.const(1, "int64")))])))
-            grown = bb.emit(relax.If(bb.emit(relax.op.greater_equal(i, cap)), grow,
-                                     relax.SeqExpr([], relax.Tuple([*bufs, cap]))))
-            cap = bb.emit(relax.TupleGetItem(grown, len(bufs)))
-            bufs = [bb.match_cast(bb.emit(relax.TupleGetItem(grown, k)), _rows(e)) for k, e in enumerate(elems)]
-            bufs = [bb.emit(relax.call_tir_inplace(w, [b, y, i], [0], b.ty)) for w, b, y in zip(write, bufs, ys)]
-        return [bb.emit(relax.op.add(i, relax.const(1, "int64"))), got[0], cap, *got[1:1 + n_carried], *bufs]
+        """One iteration: the body, then its scan outputs written to row i of their buffers."""
+        i, _, cap, *rest = state
+        r = bb.emit(relax.Call(body, [i, invariants[0], state[1], *rest[:n_carried], *invariants[1:]]))
+        cond2, *got = _unpack(bb, r, 1 + n_carried + len(elems))
+        carried, ys = got[:n_carried], got[n_carried:]
+        bufs, cap = _grow(bb, rest[n_carried:], ys, elems, i, cap) if ys else ([], cap)
+        bufs = [bb.emit(relax.call_tir_inplace(w, [b, y, i], [0], b.ty)) for w, b, y in zip(writes, bufs, ys)]
+        return [bb.emit(relax.op.add(i, relax.const(1, "int64"))), cond2, cap, *carried, *bufs]
 
-    inner, top = step, None
+    inner: Callable[[list, list], list] = step
     for level in range(1, LEVELS + 2):
         bound = FANOUT if level <= LEVELS else None
-        top = _recursive(bb, f"{node.hint}_loop{level if bound else '_top'}", state_types, inv_types, inner, bound)
-        inner = (lambda gv: lambda s, v: _unpack(bb, bb.emit(relax.Call(gv, [relax.const(0, "int64"), *s, *v])),
-                                                  len(s)))(top)
+        gv = _recursive(bb, f"{node.hint}_loop{level if bound else '_top'}", state_types,
+                        [_I64, *(v.ty for v in inv)], inner, bound)
+        inner = _calling(bb, gv)
 
-    empty = [_zeros(bb, [0, *e.shape.values], str(e.dtype)) for e in elems]
     zero = relax.const(0, "int64")
-    out = _unpack(bb, bb.emit(relax.Call(top, [zero, cond, zero, *init, *empty, n, *inv])), len(state_types))
+    empty = [_zeros(bb, [0, *e.shape.values], str(e.dtype)) for e in elems]
+    out = _unpack(bb, bb.emit(relax.Call(gv, [zero, cond, zero, *init, *empty, n, *inv])), len(state_types))
     finals, bufs = out[3:3 + n_carried], out[3 + n_carried:]
-    if bufs and trips is None:
-        count = bb.emit(relax.op.tensor_to_shape(relax.op.reshape(out[0], [1])))
+    if bufs and trips is None:  # the trip count, known now: a symbolic dim of the outputs
         trips = tirx.Var("trips", "int64")
-        bb.match_cast(count, relax.ShapeType([trips]))
-    stacked = []
-    for b, e in zip(bufs, elems):
-        b = bb.match_cast(b, _rows(e))
-        stacked.append(bb.emit(relax.op.strided_slice(b, [0], [0], [trips], assume_inbound=True)))
+        bb.match_cast(bb.emit(relax.op.tensor_to_shape(relax.op.reshape(out[0], [1]))), relax.ShapeType([trips]))
+    stacked = [bb.emit(relax.op.strided_slice(bb.match_cast(b, _rows(e)), [0], [0], [trips], assume_inbound=True))
+               for b, e in zip(bufs, elems)]
     return finals + stacked
 
 
-def _body(importer: Any, node: _Node, graph: onnx.GraphProto, n: Expr, cond: Expr, init: list, inv: list,
-          outer_names: list[str], bind: Bind, cond_out: bool) -> tuple[Any, list]:
+def _grow(bb: relax.BlockBuilder, bufs: list, ys: list, elems: list, i: Expr, cap: Expr) -> tuple[list, Expr]:
+    """The scan buffers with room for row i: when full, each becomes [buf, buf, y] (capacity
+    2 * cap + 1, the second copy is overwritten later), so the copies add up to O(n)."""
+    bufs = [bb.match_cast(b, _rows(e)) for b, e in zip(bufs, elems)]
+
+    def grown() -> Expr:
+        bigger = [bb.emit(relax.op.concat([b, b, relax.op.expand_dims(y, 0)], axis=0)) for b, y in zip(bufs, ys)]
+        two, one = relax.const(2, "int64"), relax.const(1, "int64")
+        return bb.emit(relax.Tuple([*bigger, bb.emit(relax.op.add(relax.op.multiply(cap, two), one))]))
+
+    full = bb.emit(relax.op.greater_equal(i, cap))
+    out = bb.emit(relax.If(full, _branch(bb, grown), relax.SeqExpr([], relax.Tuple([*bufs, cap]))))
+    *bufs, cap = _unpack(bb, out, len(bufs) + 1)
+    return [bb.match_cast(b, _rows(e)) for b, e in zip(bufs, elems)], cap
+
+
+def _calling(bb: relax.BlockBuilder, gv: Any) -> Callable[[list, list], list]:
+    """`state, inv -> state`: one run of the bounded level `gv` (its counter from 0)."""
+    return lambda state, inv: _unpack(bb, bb.emit(relax.Call(gv, [relax.const(0, "int64"), *state, *inv])),
+                                      len(state))
+
+
+def _body(importer: Any, node: _Node, graph: onnx.GraphProto, init: list, inv: list, outer_names: list[str],
+          bind: Bind, cond_out: bool) -> tuple[Any, list]:
     """The body as a Relax function `(i, n, cond, carried..., inv...) -> (cond', carried'..., scans...)`
     built by the importer's own machinery, and the types of one row of each scan output."""
     bb, what = importer.bb, node.what
@@ -217,7 +227,7 @@ def _body(importer: Any, node: _Node, graph: onnx.GraphProto, n: Expr, cond: Exp
             *(relax.Var(f"carried{k}", v.ty) for k, v in enumerate(init))]
     params = [relax.Var(f"inv{k}", v.ty) for k, v in enumerate(inv)]
     saved = importer._nodes
-    has_if = any(node.op_type == "If" for node in graph.node)  # upstream's If cannot sit in a dataflow block
+    has_if = any(nd.op_type == "If" for nd in graph.node)  # upstream's If cannot sit in a dataflow block
     try:
         with bb.function(f"{node.hint}_body", loop + params, private=True):
             with contextlib.nullcontext() if has_if else bb.dataflow():
@@ -231,7 +241,8 @@ def _body(importer: Any, node: _Node, graph: onnx.GraphProto, n: Expr, cond: Exp
                 outs = _bind_once(bb, [importer._nodes[o.name] for o in graph.output])
                 if cond_out:
                     c = outs.pop(0)
-                    c = bb.emit(relax.op.reshape(c if c.ty.dtype == "bool" else relax.op.astype(c, "bool"), []))
+                    if not tvm_ffi.structural_equal(c.ty, _BOOL):
+                        c = _scalar(bb, c, "bool")
                 else:
                     c = loop[2]
                 carried = [_same_type(bb, what, o.name, v, p.ty)
@@ -256,18 +267,21 @@ def _recursive(bb: relax.BlockBuilder, name: str, state_types: list, inv_types: 
     state = [relax.Var(f"s{k}", t) for k, t in enumerate(state_types)]
     inv = [relax.Var(f"v{k}", t) for k, t in enumerate(inv_types)]
     params, ret = counter + state + inv, relax.TupleType(state_types)
-    names = {g.name_hint for g in bb.get().get_global_vars()}
-    gv = relax.GlobalVar(next(f"{name}{s}" for s in ["", *range(1, len(names) + 2)] if f"{name}{s}" not in names))
+    taken = {g.name_hint for g in bb.get().get_global_vars()}
+    gv = relax.GlobalVar(next(f"{name}{k or ''}" for k in range(len(taken) + 1) if f"{name}{k or ''}" not in taken))
     relax.expr._update_type(gv, relax.FuncType([p.ty for p in params], ret))
     bb.begin_scope(params)
-    bb._begin_binding_block()
-    go = bb.emit(relax.op.logical_and(relax.op.less(state[0], inv[0]), state[1]))
+    bb._begin_dataflow_block()  # so that the test fuses into one kernel: a third less time per iteration
+    go = relax.op.logical_and(relax.op.less(state[0], inv[0]), state[1])
     if bound:
-        go = bb.emit(relax.op.logical_and(go, relax.op.less(counter[0], relax.const(bound, "int64"))))
+        go = relax.op.logical_and(go, relax.op.less(counter[0], relax.const(bound, "int64")))
         counter = [relax.op.add(counter[0], relax.const(1, "int64"))]
+    go = bb.emit_output(go)
+    test = bb._end_block()
+    bb._begin_binding_block()
     again = _branch(bb, lambda: bb.emit(relax.Call(gv, [*counter, *inner(state, inv), *inv])))
     out = bb.emit(relax.If(go, again, relax.SeqExpr([], relax.Tuple(state))))
-    func = relax.Function(params, relax.SeqExpr([bb._end_block()], out), ret, is_pure=True)
+    func = relax.Function(params, relax.SeqExpr([test, bb._end_block()], out), ret, is_pure=True)
     bb.end_scope()
     bb.update_func(gv, relax.utils.copy_with_new_vars(func))
     return gv
@@ -323,7 +337,7 @@ def _tensor(bb: relax.BlockBuilder, dim: Any) -> Expr:
 
 def _zeros(bb: relax.BlockBuilder, shape: list, dtype: str) -> Expr:
     if all(isinstance(s, int | tirx.IntImm) for s in shape):
-        return relax.const(np.zeros([int(s) for s in shape], dtype))
+        return relax.const(np.zeros([int(s) for s in shape], dtype), dtype)
     return bb.emit(relax.op.zeros(relax.ShapeExpr(shape), dtype))
 
 
@@ -406,10 +420,12 @@ def _write_kernel(rank: int, dtype: str, target_kind: str) -> Any:
     thread per element (no default schedule binds a hand-written loop to threads)."""
     dims = [f"d{k}" for k in range(rank)]
     e = Emitter()
-    params = [Param("Buf", ("rows", *dims), dtype, output=True), Param("Y", tuple(dims), dtype), Param("I", (), "int64")]
+    params = [Param("Buf", ("rows", *dims), dtype, output=True), Param("Y", tuple(dims), dtype),
+              Param("I", (), "int64")]
     idx = [f"e{k}" for k in range(rank)]
     store = f"Buf[{', '.join(['I[()]', *idx])}] = Y[{', '.join(idx) or '()'}]"
-    with prim_func(e, "write", params, ["rows", *dims]):
+    attrs = '"tir.noalias": True' + (', "tirx.is_scheduled": True' if target_kind == "cuda" else "")
+    with prim_func(e, "write", params, ["rows", *dims], attrs):
         if target_kind != "cuda":
             with e.block(f"for {', '.join(idx)} in T.grid({', '.join(dims)}):" if rank else None):
                 e.line(store)

@@ -156,8 +156,9 @@ class Importer(upstream.ONNXGraphImporter):
             else:
                 results.update((p.name, self.bb.emit(relax.TupleGetItem(call, i))) for i, p in enumerate(outs))
         unused = relax.const(np.zeros((0,), "float32"))  # an output nothing reads (absorb named it "")
-        items = [results.get(k, unused) for k in ("Y", "Yh", "Yc")[:3 if cell == "lstm" else 2]]
-        return relax.Tuple(items)
+        count = max(1, int(a["tvm_custom"]["num_outputs"]))  # upstream assigns a lone output the whole value
+        items = [results.get(k, unused) for k in ("Y", "Yh", "Yc")[:count]]
+        return items[0] if count == 1 else relax.Tuple(items)
 
     def _state(self, value: Any, layout: int) -> Any:
         if value is None:

@@ -43,14 +43,15 @@ class Lowered:
     layers: list[dict[str, Any]] = field(default_factory=list)
 
 
-def lower(proto: onnx.ModelProto, target_kind: str = "llvm", tuning: Tuning | None = None) -> Lowered:
+def lower(proto: onnx.ModelProto, target_kind: str = "llvm", tuning: Tuning | None = None,
+          fusions: tuple[str, ...] = ("dense", "layouts")) -> Lowered:
     """The Relax module of an ONNX model, whose `main` takes the graph inputs in order; `target_kind`
-    is "llvm" or "cuda"."""
+    is "llvm" or "cuda"; `fusions` the rewrites of `absorb` to apply (the dense one on llvm only)."""
     from rnnc.compiler.tvm.frontend import KERNELS, Importer
 
     if target_kind not in KERNELS:
         raise ValueError(f"target kind {target_kind!r}: expected one of {', '.join(KERNELS)}")
-    graph = absorb(proto, dense=target_kind == "llvm")
+    graph = absorb(proto, dense="dense" in fusions and target_kind == "llvm", layouts="layouts" in fusions)
     importer = Importer(target_kind, tuning or Tuning())
     module = importer.import_model(graph)
     initializers = {t.name for t in proto.graph.initializer}
