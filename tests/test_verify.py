@@ -104,3 +104,62 @@ def test_verify_is_normwise_over_every_shape() -> None:
     assert close.passed and close.rel_err == pytest.approx(1e-7 / scale, rel=1e-6)
     assert close.rel_err <= max(s.rel_err for s in close.per_shape)
     assert not results["far"].passed
+
+
+# -- chains of calls with the state carried ------------------------------------------------------
+
+def _stateful_rnn(tmp_path):
+    """An ONNX RNN taking its state as input `h0` and giving the next one as `hn`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w, r = rng.uniform(-0.4, 0.4, (1, 6, 3)), rng.uniform(-0.4, 0.4, (1, 6, 6))
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for a, n in ((w, "W"), (r, "R"))]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", "batch", 3]),
+              helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "batch", 6])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["seq", 1, "batch", 6]),
+               helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, "batch", 6])]
+    node = helper.make_node("RNN", ["x", "W", "R", "", "", "h0"], ["y", "hn"], hidden_size=6)
+    path = tmp_path / "stateful.onnx"
+    onnx.save(helper.make_model(helper.make_graph([node], "g", inputs, outputs, inits),
+                                opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_chain_catches_drift_one_call_does_not(tmp_path) -> None:
+    """A runner whose state drifts by 1e-7 more each call passes one call and fails a chain of 300:
+    the chain carries each side's own state, so the drift is seen."""
+    from rnnc.graphs.from_onnx import model_from_onnx
+    from rnnc.targets.base import Runner
+    from rnnc.verify import verify, verify_chain
+
+    model = model_from_onnx(_stateful_rnn(tmp_path), {"x": (4, 2, 3), "h0": (1, 2, 6)})
+    assert model.state == {"h0": "hn"}
+
+    class Drifting(Runner):
+        calls = 0
+
+        def _prepare(self, arrays):
+            def call():
+                Drifting.calls += 1
+                out = {k: np.asarray(v, np.float32) for k, v in model.reference64(arrays).items()}
+                out["hn"] = out["hn"] + np.float32(1e-7 * Drifting.calls)
+                return out
+            return call
+
+    runner = Drifting(model.inputs, model.output_names)
+    assert verify(model, {"drifting": runner}, model.shapes, seed=1)["drifting"].passed
+    chained = verify_chain(model, {"drifting": runner}, 300, seed=1)["drifting"]
+    assert chained.chain == 300 and not chained.passed and chained.rel_err > 1e-5
+
+
+def test_chain_needs_state_pairs(tmp_path) -> None:
+    from rnnc.errors import UserError
+    from rnnc.graphs.from_onnx import model_from_onnx
+    from rnnc.verify import verify_chain
+
+    model = model_from_onnx(_stateful_rnn(tmp_path), {"x": (4, 2, 3), "h0": (1, 2, 6)})
+    model.state = {}
+    with pytest.raises(UserError, match="no state pairs"):
+        verify_chain(model, {}, 10)

@@ -119,9 +119,11 @@ def _fit(value_info: onnx.ValueInfoProto, value: np.ndarray) -> np.ndarray:
     if tensor.HasField("shape"):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
         if value.ndim != len(dims) or any(d is not None and d != s for d, s in zip(dims, value.shape)):
-            want = "x".join("?" if d is None else str(d) for d in dims) if dims else "a scalar"
+            if not dims:
+                raise ValueError(f"a value of shape {list(value.shape)} for a scalar input; give one number")
+            want = "x".join("?" if d is None else str(d) for d in dims)
             raise ValueError(f"a value of shape {list(value.shape)} for input {value_info.name!r} of shape "
-                             f"{want}{'; give a .npy file of that shape' if dims else ''}")
+                             f"{want}; give a .npy file of that shape")
     return np.asarray(value).astype(dtype)
 
 

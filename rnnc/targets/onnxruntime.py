@@ -48,6 +48,7 @@ def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) ->
 class SessionRunner(Runner):
     def __init__(self, path: Path, manifest: Manifest, target: str, threads: int | None) -> None:
         import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
         super().__init__(*manifest_io(manifest))
         options = ort.SessionOptions()
@@ -58,9 +59,17 @@ class SessionRunner(Runner):
         # ORT 1.32's NCHWc rewrite crashes the process on float16 recurrent outputs feeding a MatMul
         # (Squeeze -> Transpose -> MatMul after a GRU, as torch exports nn.GRU + nn.Linear)
         disabled = ["NchwcTransformer"] if manifest.dtype == "float16" else None
-        self.session = ort.InferenceSession(str(path), options, providers=[_PROVIDER[target]],
-                                            disabled_optimizers=disabled)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=[_PROVIDER[target]],
+                                                disabled_optimizers=disabled)
+        except OrtNotImplemented as err:  # ORT has no kernel for an op: its decision, named by ORT
+            raise Unsupported(f"ONNX Runtime {ort.__version__}: {_first_line(err)}") from None
 
     def _prepare(self, arrays: Arrays) -> Call:
         names, run = self.output_names, self.session.run
         return lambda: dict(zip(names, run(names, arrays)))
+
+
+def _first_line(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text.split("NOT_IMPLEMENTED : ", 1)[-1]  # ORT prefixes "[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : "
