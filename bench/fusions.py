@@ -5,7 +5,8 @@
 MODEL is a spec or a model file, as `rnnc compile` takes it. For each variant of the lowering,
 `absorb`'s rewrites on or off: all (the default build), no dense (MatMul + Add + activation left
 to upstream's converters and TVM's default schedules), no layouts (the Transposes and Reshapes
-around recurrent nodes left as the exporter wrote them), none, one library is built and every
+around recurrent nodes left as the exporter wrote them), no conv (Conv, BatchNormalization and
+their activation left to upstream), none, one library is built and every
 variant is timed in the same process, interleaved round by round (`rnnc.bench.measure`), on the
 same inputs. Prints medians with their IQR and each variant's time over the default build's.
 """
@@ -24,7 +25,8 @@ from rnnc.compiler.tvm.lower import lower
 from rnnc.graphs import load_model
 from rnnc.graphs.from_onnx import parse_shapes
 
-VARIANTS = {"all": ("dense", "layouts"), "no dense": ("layouts",), "no layouts": ("dense",), "none": ()}
+VARIANTS = {"all": ("dense", "layouts", "conv"), "no dense": ("layouts", "conv"), "no layouts": ("dense", "conv"),
+            "no conv": ("dense", "layouts"), "none": ()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,21 +206,46 @@ def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
+_PASSES_VALUES = ("Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten")
+
+
+def _aliases(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> dict[str, str]:
+    """Value name -> the graph input whose values it carries unchanged: through Identity, Cast and
+    reshapes, and into a Loop body as the initial value of a loop-carried variable (a generation
+    loop's start token indexes the embedding inside the body)."""
+    alias = {n: n for n in inputs}
+    for g in _graphs(proto.graph):  # enclosing graphs come before the subgraphs they hold
+        for node in g.node:
+            if node.op_type in _PASSES_VALUES and node.input and node.input[0] in alias:
+                alias[node.output[0]] = alias[node.input[0]]
+            elif node.op_type == "Loop":
+                body = next((a.g for a in node.attribute if a.name == "body"), None)
+                for outer, inner in zip(node.input[2:], list(body.input[2:]) if body else []):
+                    if outer in alias:
+                        alias[inner.name] = alias[outer]
+    return alias
+
+
 def _token_bounds(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> dict[str, int]:
     """Integer inputs that index a table (Gather / GatherElements from a constant, or from an input
-    whose indexed axis has a fixed size): ids < that size."""
+    whose indexed axis has a fixed size), directly or inside a loop body: ids < that size."""
     tables = _constants(proto)
+    alias = _aliases(proto, inputs)
     high: dict[str, int] = {}
     for node in (n for g in _graphs(proto.graph) for n in g.node):
-        if node.op_type not in ("Gather", "GatherElements") or len(node.input) < 2 or node.input[1] not in inputs:
+        if node.op_type not in ("Gather", "GatherElements") or len(node.input) < 2 or node.input[1] not in alias:
             continue
+        root = alias[node.input[1]]
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         data = node.input[0]
         dims = list(tables[data].shape) if data in tables else list(inputs.get(data, ("", ()))[1])
         if dims and isinstance(dims[axis % len(dims)], int):
             rows = int(dims[axis % len(dims)])
-            high[node.input[1]] = min(high.get(node.input[1], rows), rows)
+            high[root] = min(high.get(root, rows), rows)
     return high
+
+
+LOOP_COUNTS = tuple(range(1, 9))  # trip counts drawn for an input that is a Loop's M
 
 
 _COMPARISONS = ("Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual")
@@ -228,10 +253,14 @@ _COMPARISONS = ("Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual")
 
 def _compared_values(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> dict[str, tuple[int, ...]]:
     """Integer inputs compared with constants (a mode, a sample rate: `sr == 16000`): each constant
-    and its neighbours, so that random draws take every branch the comparisons choose between."""
+    and its neighbours, so that random draws take every branch the comparisons choose between; a
+    Loop's trip count: small counts (`LOOP_COUNTS`)."""
     consts = _constants(proto)
+    alias = _aliases(proto, inputs)
     found: dict[str, set[int]] = {}
     for node in (n for g in _graphs(proto.graph) for n in g.node):
+        if node.op_type == "Loop" and node.input and node.input[0] in alias:
+            found.setdefault(alias[node.input[0]], set()).update(LOOP_COUNTS)
         if node.op_type not in _COMPARISONS or len(node.input) != 2:
             continue
         for mine, other in (node.input, node.input[::-1]):

@@ -37,6 +37,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
+from onnx.reference.ops.op_loop import Loop as _OnnxLoop
+from onnx.reference.ops.op_scan import Scan as _OnnxScan
 
 Activation = Callable[[np.ndarray], np.ndarray]
 Arrays = dict[str, np.ndarray]
@@ -316,7 +318,103 @@ class RNN(_Recurrent):
     pass
 
 
-NEW_OPS = [LSTM, GRU, RNN]
+class Loop(_OnnxLoop):
+    """onnx.reference's Loop with two of its departures from the operator page fixed: an absent
+    `cond` input means true (onnx.reference runs no iteration), and scan outputs are stacked on a
+    new axis 0 (np.stack; onnx.reference's np.vstack makes per-iteration [B, H] rows [n*B, H] and
+    fails on zero iterations). Zero iterations give scan outputs of shape [0, *row] where the body
+    declares the row's shape with fixed dims, and raise `NotImplementedError` otherwise (the row
+    shape is then not known). As in ONNX Runtime, the body's cond output stops the loop even
+    without a cond input. Loop-carried sequences (lists) pass through as onnx.reference has them.
+    The body runs in onnx.reference's nested evaluator, built with this module's NEW_OPS (the
+    recurrent operators above, and this Loop for nested loops)."""
+
+    def _run(self, M=None, cond=None, *v_initial, context=None, attributes=None, bindings=None, **_schema_defaults):
+        body = self.body
+        names, outs = body.input_names, body.output_names
+        n_carried = len(names) - 2
+        n_scans = len(outs) - 1 - n_carried
+        if len(v_initial) != n_carried or n_scans < 0:
+            raise ValueError(f"Loop node {self.onnx_node.name!r}: {len(v_initial)} loop-carried values for a "
+                             f"body of {len(names)} inputs and {len(outs)} outputs")
+        inputs = dict(context or {})  # outer values first: a body input of the same name shadows them
+        inputs.update(zip(names[2:], v_initial))
+        go = True if cond is None else bool(np.asarray(cond).reshape(()))
+        trips = None if M is None else int(np.asarray(M).reshape(()))
+        carried, rows, it = list(v_initial), [[] for _ in range(n_scans)], 0
+        while go and (trips is None or it < trips):
+            inputs[names[0]] = np.array(it, dtype=np.int64)
+            inputs[names[1]] = np.array(go)
+            results = self._run_body(inputs, attributes=attributes, bindings=bindings)
+            if results[0] is None:
+                raise RuntimeError(f"Loop node {self.onnx_node.name!r}: the body's condition {outs[0]!r} is None")
+            go = bool(np.asarray(results[0]).reshape(()))
+            carried = list(results[1:1 + n_carried])
+            inputs.update(zip(names[2:], carried))
+            for k in range(n_scans):
+                rows[k].append(results[1 + n_carried + k])
+            it += 1
+        scans = [np.stack(r, axis=0) if r else self._no_rows(1 + n_carried + k) for k, r in enumerate(rows)]
+        return self._check_and_fix_outputs(tuple((carried + scans)[:len(self.onnx_node.output)]))
+
+    def _no_rows(self, index: int) -> np.ndarray:
+        """The [0, *row] scan output of zero iterations, from the body's declared output type."""
+        graph = next(a.g for a in self.onnx_node.attribute if a.name == "body")
+        out = graph.output[index]
+        t = out.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        if not t.elem_type or dims is None or None in dims:
+            raise NotImplementedError(
+                f"Loop node {self.onnx_node.name!r}: zero iterations, and the body declares no fixed shape for "
+                f"scan output {out.name!r} ({'no shape' if dims is None else dims}), so its [0, ...] shape is unknown")
+        return np.zeros([0, *dims], dtype=helper.tensor_dtype_to_np_dtype(t.elem_type))
+
+
+class Scan(_OnnxScan):
+    """onnx.reference's Scan (opset 9 on) with what it refuses implemented as the operator page
+    says: `scan_input_axes` / `scan_input_directions` (a reversed input is read from its end) and
+    `scan_output_axes` / `scan_output_directions` (a reversed output is written from its end),
+    negative axes counted from the end. Zero iterations with scan outputs raise, as there."""
+
+    def __init__(self, onnx_node, run_params):  # noqa: ANN001 - onnx.reference's signature
+        OpRun.__init__(self, onnx_node, run_params)  # not _OnnxScan's: it refuses axes and directions
+        self.input_names = self.body.input_names
+        self.output_names = self.body.output_names
+
+    def _run(self, *args, context=None, attributes=None, bindings=None, **_schema_defaults):
+        m = int(self.num_scan_inputs)
+        n = len(args) - m
+        k = len(self.output_names) - n
+        scans = args[n:]
+        in_axes = [a % scans[i].ndim for i, a in enumerate(_listed(self.scan_input_axes, m))]
+        in_dirs = _listed(self.scan_input_directions, m)
+        out_axes, out_dirs = _listed(self.scan_output_axes, k), _listed(self.scan_output_directions, k)
+        length = scans[0].shape[in_axes[0]]
+        if k and length == 0:
+            raise NotImplementedError(f"Scan node {self.onnx_node.name!r}: zero iterations with scan outputs")
+        states, rows = list(args[:n]), [[] for _ in range(k)]
+        for it in range(length):
+            inputs = dict(context or {})
+            inputs.update(zip(self.input_names[:n], states))
+            for i, (value, axis, rev) in enumerate(zip(scans, in_axes, in_dirs)):
+                inputs[self.input_names[n + i]] = np.take(value, length - 1 - it if rev else it, axis=axis)
+            outs = self._run_body(inputs, bindings=bindings)
+            states = list(outs[:n])
+            for j in range(k):
+                rows[j].append(outs[n + j])
+        results = []
+        for j, r in enumerate(rows):
+            stacked = np.stack(r[::-1] if out_dirs[j] else r, axis=0)
+            results.append(np.moveaxis(stacked, 0, out_axes[j] % stacked.ndim))
+        return self._check_and_fix_outputs(tuple(states + results))
+
+
+def _listed(values, count: int) -> list[int]:  # noqa: ANN001 - an attribute list or None
+    values = list(values) if values is not None else []
+    return [int(values[i]) if i < len(values) else 0 for i in range(count)]
+
+
+NEW_OPS = [LSTM, GRU, RNN, Loop, Scan]
 
 
 # -- a whole graph in float64: onnx.reference for the ordinary operators, ours for the recurrent ones

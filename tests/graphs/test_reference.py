@@ -243,3 +243,137 @@ def test_shape_mismatch_raises() -> None:
     attrs = reference.parse_attributes(helper.make_node("GRU", ["X", "W", "R"], ["Y"], hidden_size=4))
     with pytest.raises(ValueError, match="hidden_size=4"):
         reference.recurrent(attrs, np.zeros((2, 1, 3)), np.zeros((1, 9, 3)), np.zeros((1, 9, 3)))
+
+
+# -- Loop: cond absent means true, scan outputs stacked on a new axis 0 ----------------------------
+
+def _loop_model(body_shape: list, with_cond: bool = False) -> onnx.ModelProto:
+    """h <- tanh(h @ W + u) for M iterations (no cond input unless `with_cond`), h and a scan
+    output of h * 2, each [B, H] per iteration; the body declares them with `body_shape`."""
+    rng = np.random.default_rng(7)
+    w = rng.uniform(-.7, .7, (4, 4)).astype(np.float32)
+    f, i64, b = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "W"], ["hw"]), helper.make_node("Add", ["hw", "u"], ["pre"]),
+         helper.make_node("Tanh", ["pre"], ["h2"]), helper.make_node("Add", ["h2", "h2"], ["row"]),
+         helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "body", [helper.make_tensor_value_info("it", i64, []), helper.make_tensor_value_info("c_in", b, []),
+                 helper.make_tensor_value_info("h", f, body_shape)],
+        [helper.make_tensor_value_info("c_out", b, []), helper.make_tensor_value_info("h2", f, body_shape),
+         helper.make_tensor_value_info("row", f, body_shape)])
+    loop = helper.make_node("Loop", ["M", "go" if with_cond else "", "h0"], ["h_final", "rows"], name="tanh",
+                            body=body)
+    inputs = [helper.make_tensor_value_info("M", i64, []), helper.make_tensor_value_info("h0", f, ["B", 4]),
+              helper.make_tensor_value_info("u", f, ["B", 4])]
+    if with_cond:
+        inputs.append(helper.make_tensor_value_info("go", b, []))
+    graph = helper.make_graph([loop], "loop", inputs, [helper.make_tensor_value_info("h_final", f, ["B", 4]),
+                                                      helper.make_tensor_value_info("rows", f, ["N", "B", 4])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _loop_numpy(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    w = numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)
+    h, rows = feeds["h0"].astype(np.float64), []
+    for _ in range(int(feeds["M"]) if feeds.get("go", True) else 0):
+        h = np.tanh(h @ w + feeds["u"].astype(np.float64))
+        rows.append(2 * h)
+    return [h, np.array(rows).reshape(len(rows), *h.shape)]
+
+
+@pytest.mark.parametrize("trips", [4, 1])
+def test_loop_without_cond_runs_and_stacks_rows_on_a_new_axis(trips: int) -> None:
+    """No cond input is true (onnx.reference's own Loop runs no iteration), and a [B, H] row per
+    iteration stacks to [n, B, H] (its np.vstack gives [n * B, H])."""
+    model = _loop_model(["B", 4])
+    rng = np.random.default_rng(8)
+    feeds = {"M": np.array(trips, np.int64), "h0": rng.standard_normal((3, 4)).astype(np.float32),
+             "u": rng.standard_normal((3, 4)).astype(np.float32)}
+    got = reference.float64_reference(model)(feeds)
+    want = _loop_numpy(model, feeds)
+    assert got["rows"].shape == (trips, 3, 4) and got["rows"].dtype == np.float64
+    np.testing.assert_allclose(got["h_final"], want[0], rtol=1e-12)
+    np.testing.assert_allclose(got["rows"], want[1], rtol=1e-12)
+    assert_close([got["h_final"], got["rows"]], run_ort(model, feeds))
+    with pytest.raises(ValueError):  # what this replaces: no iteration, then np.vstack of no rows
+        ReferenceEvaluator(model).run(None, feeds)
+    theirs = ReferenceEvaluator(_loop_model(["B", 4], with_cond=True)).run(None, {**feeds, "go": np.array(True)})
+    assert theirs[1].shape == (trips * 3, 4)
+
+
+def test_loop_of_zero_iterations_has_rows_of_the_declared_shape() -> None:
+    """Zero iterations: [0, *row] where the body fixes the row's dims, a clear refusal where not."""
+    rng = np.random.default_rng(9)
+    feeds = {"M": np.array(0, np.int64), "h0": rng.standard_normal((3, 4)).astype(np.float32),
+             "u": rng.standard_normal((3, 4)).astype(np.float32)}
+    got = reference.float64_reference(_loop_model([3, 4]))(feeds)
+    assert got["rows"].shape == (0, 3, 4) and got["rows"].dtype == np.float64
+    np.testing.assert_array_equal(got["h_final"], feeds["h0"])
+    stopped = reference.float64_reference(_loop_model([3, 4], with_cond=True))(
+        {**feeds, "M": np.array(5, np.int64), "go": np.array(False)})
+    assert stopped["rows"].shape == (0, 3, 4)
+    with pytest.raises(NotImplementedError, match="zero iterations.*'row'"):
+        reference.float64_reference(_loop_model(["B", 4]))(feeds)
+
+
+def test_generate_loop_matches_onnxruntime_with_our_lstm_in_the_body(tmp_path, monkeypatch) -> None:
+    """The corpus' scripted greedy decoder: an LSTM in the Loop body, tokens and logits collected in
+    loop-carried sequences (SequenceInsert, ConcatFromSequence after the loop)."""
+    from tests.corpus import build
+
+    case = build("generate_loop", tmp_path)
+    model = onnx.load(case.path)
+    calls: list[str] = []
+    ours = reference.recurrent
+
+    def counted(attrs, *args, **kwargs):
+        calls.append(attrs.cell.op)
+        return ours(attrs, *args, **kwargs)
+
+    monkeypatch.setattr(reference, "recurrent", counted)
+    run = reference.float64_reference(model)
+    rng = np.random.default_rng(10)
+    total = 0
+    for steps, batch in ((6, 2), (1, 3), (7, 1)):
+        feeds = {"start_token": rng.integers(0, 12, batch), "steps": np.array(steps, np.int64),
+                 "h0": rng.standard_normal((1, batch, 16)).astype(np.float32),
+                 "c0": rng.standard_normal((1, batch, 16)).astype(np.float32)}
+        got = run(feeds)
+        want = run_ort(model, feeds)
+        assert got["logits"].dtype == np.float64 and got["logits"].shape == (batch, steps, 12)
+        np.testing.assert_array_equal(got["generated"], want[0])
+        np.testing.assert_allclose(got["logits"], want[1], rtol=1e-5, atol=1e-5)
+        total += steps
+    assert calls == ["LSTM"] * total  # the body's LSTM ran ours, once per step
+
+
+def test_scan_with_input_and_output_axes_and_directions_matches_onnxruntime() -> None:
+    """onnx.reference's own Scan refuses non-default axes and directions; ours takes them all."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from rnnc.graphs.reference import float64_reference
+
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s", "x_t"], ["s_next"]), helper.make_node("Mul", ["s_next", "x_t"], ["y_t"])],
+        "body", [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3]),
+                 helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("s_next", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [2, 3])])
+    node = helper.make_node("Scan", ["s0", "x"], ["s_last", "y"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[1], scan_input_directions=[1], scan_output_axes=[-1],
+                            scan_output_directions=[1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("s0", TensorProto.FLOAT, [2, 3]),
+                                            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 3])],
+                              [helper.make_tensor_value_info("s_last", TensorProto.FLOAT, [2, 3]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(3)
+    feeds = {"s0": rng.standard_normal((2, 3)).astype(np.float32), "x": rng.standard_normal((2, 5, 3)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = float64_reference(model)(feeds)
+    np.testing.assert_allclose(got["s_last"], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["y"], want[1], rtol=1e-5, atol=1e-6)

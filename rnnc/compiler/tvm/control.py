@@ -26,7 +26,10 @@ Taken: Loop with M and/or cond (cond_out is honoured even without a cond input, 
 does), Scan (opset 9+) with any scan_input/output_axes and _directions; loop-carried values are
 tensors whose shape does not change across iterations. Refused with `Unsupported` naming the node:
 a Loop with neither M nor cond, sequence or optional values, carried values whose shape changes,
-scan outputs whose shape is not known before the loop runs.
+scan outputs whose shape is not known before the loop runs. A loop-carried sequence that only
+collects one tensor per iteration (torch.onnx's list.append: SequenceEmpty, SequenceInsert in the
+body, ConcatFromSequence after the loop) arrives here as a scan output: `sequences` rewrites it
+before `absorb`; any other sequence is refused.
 """
 from __future__ import annotations
 
@@ -425,7 +428,8 @@ def _write_kernel(rank: int, dtype: str, target_kind: str) -> Any:
     idx = [f"e{k}" for k in range(rank)]
     store = f"Buf[{', '.join(['I[()]', *idx])}] = Y[{', '.join(idx) or '()'}]"
     attrs = '"tir.noalias": True' + (', "tirx.is_scheduled": True' if target_kind == "cuda" else "")
-    with prim_func(e, "write", params, ["rows", *dims], attrs):
+    # named by rank and dtype, as added to the module: its global symbol, unique per kernel
+    with prim_func(e, f"scan_write{rank}_{dtype}", params, ["rows", *dims], attrs):
         if target_kind != "cuda":
             with e.block(f"for {', '.join(idx)} in T.grid({', '.join(dims)}):" if rank else None):
                 e.line(store)

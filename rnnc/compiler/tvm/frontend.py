@@ -18,8 +18,8 @@ from tvm import relax
 from tvm.ir.expr import Constant
 from tvm.relax.frontend.onnx import onnx_frontend as upstream
 
-from rnnc.compiler.tvm import cuda, dense, kernels
-from rnnc.compiler.tvm.absorb import DENSE, RECURRENT
+from rnnc.compiler.tvm import conv, cuda, dense, kernels
+from rnnc.compiler.tvm.absorb import CONV, DENSE, RECURRENT
 from rnnc.compiler.tvm.spec import ACTIVATIONS, LayerSpec, Tuning, signature
 from rnnc.errors import Unsupported
 
@@ -49,7 +49,7 @@ class Importer(upstream.ONNXGraphImporter):
     # -- hooks into upstream --------------------------------------------------------------------
 
     def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
-        known = set(upstream._get_convert_map()) | set(RECURRENT) | set(CONTROL) | {DENSE, "If", "Constant"}
+        known = set(upstream._get_convert_map()) | set(RECURRENT) | set(CONTROL) | {DENSE, CONV, "If", "Constant"}
         found: dict[str, list[str]] = {}
         for node in _all_nodes(graph):
             if node.op_type not in known or node.domain not in ("", "ai.onnx", "rnnc"):
@@ -65,6 +65,8 @@ class Importer(upstream.ONNXGraphImporter):
             return self._recurrent(op_name, inputs, attrs)
         if op_name == DENSE:
             return self._dense(inputs, attrs)
+        if op_name == CONV:
+            return self._conv(inputs, attrs, opset)
         if op_name in CONTROL:
             from rnnc.compiler.tvm import control
 
@@ -202,6 +204,68 @@ class Importer(upstream.ONNXGraphImporter):
             return self.bb.emit(relax.op.nn.leakyrelu(y, float(a.get("alpha", 0.01))))
         f = {"Sigmoid": relax.op.sigmoid, "Tanh": relax.op.tanh, "Relu": relax.op.nn.relu}.get(act)
         return self.bb.emit(f(y)) if f else y
+
+    # -- conv -----------------------------------------------------------------------------------
+
+    def _conv(self, inputs: list, a: dict, opset: int) -> Any:
+        """An `RnncConv` node: im2col + the conv GEMM (`conv`), or upstream's Conv and the
+        activation where the input is not float32 with static C and spatial sizes."""
+        x, w, b = inputs[0], inputs[1].value.numpy(), inputs[2].value.numpy()
+        rank = w.ndim - 2
+        shape = [_int(s) for s in x.ty.shape.values] if hasattr(x.ty, "shape") and hasattr(x.ty.shape, "values") else []
+        auto_pad = _text(a.get("auto_pad", b"NOTSET"))
+        if x.ty.dtype != "float32" or len(shape) != w.ndim or any(s is None for s in shape[1:]) or shape[1] != w.shape[1]:
+            return self._conv_fallback(inputs, a, opset, auto_pad)
+        sizes, ks = shape[2:], list(w.shape[2:])
+        strides = list(a.get("strides", [1] * rank))
+        dilations = list(a.get("dilations", [1] * rank))
+        pads = list(a.get("pads", [0] * 2 * rank))
+        if auto_pad == "VALID":
+            pads = [0] * 2 * rank
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            both = [conv.same_pads(n, k, s, d, auto_pad) for n, k, s, d in zip(sizes, ks, strides, dilations)]
+            pads = [p[0] for p in both] + [p[1] for p in both]
+        outs = [conv.output_size(n, k, s, d, pads[i], pads[i + rank])
+                for i, (n, k, s, d) in enumerate(zip(sizes, ks, strides, dilations))]
+        if min(outs) < 1:
+            return self._conv_fallback(inputs, a, opset, auto_pad)
+        if rank == 1:  # a 1-D conv: H = kh = 1
+            sizes, ks, strides, dilations, outs = [1, *sizes], [1, *ks], [1, *strides], [1, *dilations], [1, *outs]
+            pads = [0, pads[0], 0, pads[1]]
+        act = _text(a.get("act", b"")) or None
+        spec = conv.ConvSpec(
+            rank=rank, c=shape[1], h=sizes[0], w=sizes[1], cout=int(w.shape[0]), kh=ks[0], kw=ks[1],
+            sh=int(strides[0]), sw=int(strides[1]), ph=int(pads[0]), pw=int(pads[1]), dh=int(dilations[0]),
+            dw=int(dilations[1]), ho=outs[0], wo=outs[1], act=act, alpha=float(a.get("alpha", 0.01)),
+            lo=float(a["clip_min"]) if "clip_min" in a else None, hi=float(a["clip_max"]) if "clip_max" in a else None,
+            rows=self.tuning.gemm_rows)
+        n = x.ty.shape.values[0]
+        name = f"conv{len(self.layers)}"
+        cols = self.bb.add_func(conv.im2col_primfunc(spec, f"{name}_im2col"), f"{name}_im2col")
+        gemm = self.bb.add_func(conv.conv_primfunc(spec, name), name)
+        self.layers.append({"name": name, "node": a["tvm_custom"]["name"], **vars(spec)})
+        col = self.bb.emit(relax.call_tir(cols, [x, relax.const(np.zeros(1, np.float32))],
+                                          relax.TensorType((n * spec.p, spec.k), "float32")))
+        wp, bias = conv.pack_conv(spec, w, b)
+        y = self.bb.emit(relax.call_tir(gemm, [col, relax.const(wp), relax.const(bias)],
+                                        relax.TensorType((n, spec.cout, spec.p), "float32")))
+        return self.bb.emit(relax.op.reshape(y, (n, spec.cout, *outs[-rank:])))
+
+    def _conv_fallback(self, inputs: list, a: dict, opset: int, auto_pad: str) -> Any:
+        w = inputs[1].value.numpy()
+        attrs = {k: a[k] for k in ("pads", "strides", "dilations") if k in a}
+        attrs.update(kernel_shape=list(w.shape[2:]), group=1, auto_pad=auto_pad.encode(),
+                     tvm_custom=a.get("tvm_custom", {}))
+        y = super()._convert_operator("Conv", inputs, attrs, opset)
+        act = _text(a.get("act", b""))
+        if act == "Relu":
+            return self.bb.emit(relax.op.nn.relu(y))
+        if act == "LeakyRelu":
+            return self.bb.emit(relax.op.nn.leakyrelu(y, float(a.get("alpha", 0.01))))
+        if act == "Clip":
+            lo, hi = float(a.get("clip_min", -np.inf)), float(a.get("clip_max", np.inf))
+            return self.bb.emit(relax.op.clip(y, lo, hi))
+        return y
 
 
 def _all_nodes(graph: onnx.GraphProto):

@@ -23,6 +23,7 @@ from typing import Any
 import onnx
 
 from rnnc.compiler.tvm.absorb import absorb
+from rnnc.compiler.tvm.sequences import sequences_to_scan_outputs
 from rnnc.compiler.tvm.spec import Tuning
 
 __all__ = ["Lowered", "Tuning", "lower"]
@@ -44,14 +45,15 @@ class Lowered:
 
 
 def lower(proto: onnx.ModelProto, target_kind: str = "llvm", tuning: Tuning | None = None,
-          fusions: tuple[str, ...] = ("dense", "layouts")) -> Lowered:
+          fusions: tuple[str, ...] = ("dense", "layouts", "conv")) -> Lowered:
     """The Relax module of an ONNX model, whose `main` takes the graph inputs in order; `target_kind`
-    is "llvm" or "cuda"; `fusions` the rewrites of `absorb` to apply (the dense one on llvm only)."""
+    is "llvm" or "cuda"; `fusions` the rewrites of `absorb` to apply (dense and conv on llvm only)."""
     from rnnc.compiler.tvm.frontend import KERNELS, Importer
 
     if target_kind not in KERNELS:
         raise ValueError(f"target kind {target_kind!r}: expected one of {', '.join(KERNELS)}")
-    graph = absorb(proto, dense="dense" in fusions and target_kind == "llvm", layouts="layouts" in fusions)
+    graph = absorb(sequences_to_scan_outputs(proto), dense="dense" in fusions and target_kind == "llvm",
+                   layouts="layouts" in fusions, conv="conv" in fusions and target_kind == "llvm")
     importer = Importer(target_kind, tuning or Tuning())
     module = importer.import_model(graph)
     initializers = {t.name for t in proto.graph.initializer}
