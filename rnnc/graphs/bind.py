@@ -134,12 +134,40 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     subgraphs too (a weight an exporter reshapes inside an If branch becomes a constant there)."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    _fold_graph(out.graph, {}, out.opset_import, out.ir_version >= 4)
+    _fold_graph(out.graph, {}, out.opset_import, out.ir_version >= 4, _static_shapes(out))
     drop_unused(out.graph)
     return out
 
 
-def _fold_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], opsets: Any, constants: bool) -> None:
+def _static_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Values of the top graph whose shapes are fully known (ONNX shape inference): a `Shape` or
+    `Size` of one of them is a constant, however it is computed."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - no inference, no static shapes
+        return {}
+    found = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info):
+        t = v.type.tensor_type if v.type.WhichOneof("value") == "tensor_type" else None
+        if t is not None and t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            found[v.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+    return found
+
+
+def _shape_value(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> np.ndarray | None:
+    """`Shape(x)` (with start / end) or `Size(x)` of a value of static shape, else None."""
+    if node.op_type not in ("Shape", "Size") or node.domain not in ("", "ai.onnx") or node.input[0] not in shapes:
+        return None
+    dims = shapes[node.input[0]]
+    if node.op_type == "Size":
+        return np.array(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
+    attrs = {a.name: a.i for a in node.attribute}
+    start, end = attrs.get("start", 0), attrs.get("end", len(dims))
+    return np.array(dims[slice(start, end)], dtype=np.int64)
+
+
+def _fold_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], opsets: Any, constants: bool,
+                shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     consts = {**outer, **{t.name: t for t in graph.initializer}}
     outputs = {o.name for o in graph.output}
     queue = list(graph.node)
@@ -150,6 +178,10 @@ def _fold_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], opse
             queue[:0] = _inline(graph, node, consts)
             continue
         inputs = [i for i in node.input if i]
+        static = _shape_value(node, shapes or {}) if constants and node.output[0] not in outputs else None
+        if static is not None:
+            _add(graph, consts, node.output[0], static)
+            continue
         if (constants and not any(o in outputs for o in node.output)  # a graph output stays a node's
                 and node.domain in ("", "ai.onnx") and node.op_type not in _UNFOLDABLE
                 and all(i in consts for i in inputs) and not _has_subgraph(node)):

@@ -132,9 +132,17 @@ class VMRunner(Runner):
         def call() -> Arrays:
             result = main(*args)
             results = [result] if len(names) == 1 else list(result)
-            return {n: r.numpy() for n, r in zip(names, results)}
+            return {n: _host(r) for n, r in zip(names, results)}
 
         return call
+
+
+def _host(value: Any) -> np.ndarray:
+    """A VM result as numpy: a tensor, or a shape (a graph output computed by `Shape` stays a
+    shape value in Relax) as int64."""
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return np.array([int(d) for d in value], dtype=np.int64)
 
 
 def _jsonable(value: Any) -> Any:
