@@ -44,7 +44,13 @@ class Importer(upstream.ONNXGraphImporter):
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # upstream warns on every renamed input and symbolic dim
-            return self.from_onnx(proto.graph, opset)
+            try:
+                return self.from_onnx(proto.graph, opset)
+            except Unsupported:
+                raise
+            except (ValueError, AssertionError, NotImplementedError) as err:  # upstream's own refusals
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                raise Unsupported(f"TVM's ONNX frontend refused the graph: {type(err).__name__}: {first}") from err
 
     # -- hooks into upstream --------------------------------------------------------------------
 
