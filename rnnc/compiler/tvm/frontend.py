@@ -4,6 +4,7 @@
 lacks LSTM, GRU, RNN, Loop and Scan. `Importer` is its importer with those added: the recurrent
 nodes become calls of our TIR layer kernels (`kernels` on the CPU, `cuda` on the GPU), wherever
 they sit, If branches and loop bodies included; `RnncDense` nodes (see `absorb`) our dense kernel;
+`RnncConv` nodes im2col + our GEMM (`conv`; upstream's Conv where spatial sizes are symbolic);
 Loop and Scan a recursive Relax function (`control`), so the loop runs inside the compiled
 artifact. An operator no converter takes raises `Unsupported` naming each op type and its nodes.
 """
