@@ -82,7 +82,8 @@ def imported_model(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], n
         reference64 = _with_bound(reference64, bind)
     io = shape_inputs(proto, shapes)
     runnable = runnable_graph(proto, io.renames, {n: dims for n, (_, dims) in io.inputs.items()})
-    inputs = [TensorInfo(n, dtype, dims, io.high.get(n), io.values.get(n)) for n, (dtype, dims) in io.inputs.items()]
+    inputs = [TensorInfo(n, dtype, dims, io.high.get(n), io.values.get(n), io.low.get(n))
+              for n, (dtype, dims) in io.inputs.items()]
     _drawable(inputs, set(io.lengths))
     outputs = output_infos(runnable)
     pairs = state_pairs(inputs, outputs, state)

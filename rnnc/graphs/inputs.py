@@ -79,10 +79,10 @@ def _converted(info: TensorInfo, a: np.ndarray) -> np.ndarray:
         if a.size:
             low, high = int(a.min()), int(a.max())
             top = info.high if info.high is not None else int(np.iinfo(want).max) + 1
-            bottom = 0 if info.high is not None else int(np.iinfo(want).min)
+            bottom = (info.low or 0) if info.high is not None else int(np.iinfo(want).min)
             if low < bottom or high >= top:
                 bad = low if low < bottom else high
-                what = f"token ids in [0, {info.high})" if info.high is not None else f"values that fit {want}"
+                what = f"token ids in [{bottom}, {info.high})" if info.high is not None else f"values that fit {want}"
                 raise UserError(f"input {info.name!r}: expected {what}, got {bad}")
     elif a.dtype.kind == "b" and want.kind != "b":
         raise UserError(f"input {info.name!r}: expected {info.dtype} numbers, got an array of {a.dtype}")

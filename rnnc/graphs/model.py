@@ -59,7 +59,7 @@ class Model:
             elif kind in "iu" and t.values:
                 arrays[t.name] = np.asarray(rng.choice(np.array(t.values, dtype=t.dtype), size=shape))
             elif kind in "iu":
-                arrays[t.name] = rng.integers(0, t.high or 2, size=shape, dtype=t.dtype)
+                arrays[t.name] = rng.integers(t.low or 0, t.high or 2, size=shape, dtype=t.dtype)
             else:
                 arrays[t.name] = rng.standard_normal(shape).astype(t.dtype)
         return {k: np.asarray(v) for k, v in arrays.items()}  # rank-0 draws are numpy scalars otherwise

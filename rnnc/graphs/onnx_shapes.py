@@ -32,6 +32,7 @@ class InputShapes:
     renames: dict[str, str]  # symbolic dim of the file -> "batch" / "seq"
     batch_seq: tuple[int, int]  # the sizes to build and verify at
     high: dict[str, int]  # token-id input -> ids stay below this (its embedding table's rows)
+    low: dict[str, int]  # index input into another input -> ids from -rows (ONNX's negative indices)
     lengths: list[str]  # `sequence_lens` inputs
     values: dict[str, tuple[int, ...]]  # integer input -> the values it is compared with (and neighbours)
 
@@ -53,7 +54,8 @@ def shape_inputs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> 
     batch = sizes.get("batch", static.get("batch"))
     seq = sizes.get("seq", static.get("seq"))
     renames = {sym: role for sym, role in roles.items() if not sym.startswith("rnnc.")}
-    return InputShapes(result, renames, (int(batch or 1), int(seq or 1)), _token_bounds(proto, result),
+    high, low = _token_bounds(proto, result)
+    return InputShapes(result, renames, (int(batch or 1), int(seq or 1)), high, low,
                        _length_inputs(proto, result), _compared_values(proto, result))
 
 
@@ -226,12 +228,16 @@ def _aliases(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> di
     return alias
 
 
-def _token_bounds(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> dict[str, int]:
+def _token_bounds(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]
+                  ) -> tuple[dict[str, int], dict[str, int]]:
     """Integer inputs that index a table (Gather / GatherElements from a constant, or from an input
-    whose indexed axis has a fixed size), directly or inside a loop body: ids < that size."""
+    whose indexed axis has a fixed size), directly or inside a loop body: ids < that size; and,
+    for an index into another input (not an embedding's token ids), the least id, -size (ONNX
+    counts negative indices from the end)."""
     tables = _constants(proto)
     alias = _aliases(proto, inputs)
     high: dict[str, int] = {}
+    low: dict[str, int] = {}
     for node in (n for g in _graphs(proto.graph) for n in g.node):
         if node.op_type not in ("Gather", "GatherElements") or len(node.input) < 2 or node.input[1] not in alias:
             continue
@@ -242,7 +248,9 @@ def _token_bounds(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) 
         if dims and isinstance(dims[axis % len(dims)], int):
             rows = int(dims[axis % len(dims)])
             high[root] = min(high.get(root, rows), rows)
-    return high
+            if data not in tables:
+                low[root] = max(low.get(root, -rows), -rows)
+    return high, {k: v for k, v in low.items() if -v <= high[k]}
 
 
 LOOP_COUNTS = tuple(range(1, 9))  # trip counts drawn for an input that is a Loop's M

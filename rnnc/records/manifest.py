@@ -32,13 +32,15 @@ class _Record(BaseModel):
 @dataclass(frozen=True)
 class TensorInfo:
     """A named model input or output. `high` bounds integer inputs (token ids are < high);
-    `values` are the ones an integer input is drawn from (those a model compares it with)."""
+    `values` are the ones an integer input is drawn from (those a model compares it with); `low`,
+    where set, is the least id (default 0)."""
 
     name: str
     dtype: str  # numpy dtype name: "int64", "float32"
     dims: tuple[Dim, ...]
     high: Optional[int] = None
     values: Optional[tuple[int, ...]] = None
+    low: Optional[int] = None  # with `high`: ids in [low, high) (ONNX Gather counts negatives from the end)
 
     def shape(self, batch: int, seq: int) -> tuple[int, ...]:
         """Concrete shape for a batch size and sequence length (symbolic axes by name)."""
