@@ -1,13 +1,15 @@
 """ONNX graph -> one Relax IRModule: TVM's own ONNX frontend, with our TIR kernels for the recurrent
-nodes, the dense chains, and Loop / Scan.
+nodes, the dense chains, the convolutions, and Loop / Scan.
 
-Two steps: `absorb` rewrites the graph so that one node stands for each kernel of ours (the layout
-shuffles around a recurrent node and MatMul + Add + activation chains, which our kernels take
-over), then `frontend.Importer` (upstream's importer plus our converters) builds the module. An
-operator or attribute nothing takes raises `Unsupported` naming it, so nothing is silently ignored.
+Three steps: `sequences` turns the Python lists a scripted loop appends to (SequenceInsert in a
+Loop body) into Loop scan outputs; `absorb` rewrites the graph so that one node stands for each
+kernel of ours (the layout shuffles around a recurrent node, MatMul + Add + activation chains,
+Conv with its inference BatchNorm and activation); then `frontend.Importer` (upstream's importer
+plus our converters) builds the module. An operator or attribute nothing takes raises
+`Unsupported` naming it, so nothing is silently ignored.
 
-The target kind picks the layer kernels, `kernels` (llvm) or `cuda`; the dense kernel is the CPU's
-(on CUDA, MatMul goes through upstream and TVM's default GPU schedules).
+The target kind picks the layer kernels, `kernels` (llvm) or `cuda`; the dense and conv kernels
+are the CPU's (on CUDA, MatMul and Conv go through upstream and TVM's default GPU schedules).
 
 Recurrent attributes taken: direction (forward, reverse, bidirectional), layout 0/1, hidden_size,
 activations Sigmoid/Tanh/Relu (the same for both directions), clip, initial_h, initial_c, LSTM
