@@ -27,10 +27,13 @@ def tolerance(dtype: str) -> float:
 def output_errors(outputs: Arrays, reference: Arrays) -> tuple[dict[str, tuple[float, float]], list[str]]:
     """Per output: (max|y - ref|, max|ref|); and a line per output missing, misshapen or non-finite."""
     found, problems = {}, []
-    for name, ref in reference.items():
-        ref = np.asarray(ref, dtype=np.float64)
+    for name, raw in reference.items():
+        ref = np.asarray(raw, dtype=np.float64)
         if name not in outputs:
             problems.append(f"output {name!r} missing")
+            continue
+        if _kind(outputs[name]) != _kind(raw):
+            problems.append(f"output {name!r} is {np.asarray(outputs[name]).dtype}, expected {np.asarray(raw).dtype}")
             continue
         got = np.asarray(outputs[name], dtype=np.float64)
         if got.shape != ref.shape:
@@ -42,6 +45,13 @@ def output_errors(outputs: Arrays, reference: Arrays) -> tuple[dict[str, tuple[f
         found[name] = (float(np.max(np.abs(got - ref))) if ref.size else 0.0,
                        float(np.max(np.abs(ref))) if ref.size else 0.0)
     return found, problems
+
+
+def _kind(a: object) -> str:
+    """Flags, integers or reals: a float32 output where the reference gives bool or int64 is wrong,
+    a float32 one where it gives float64 is the precision under test."""
+    kind = np.asarray(a).dtype.kind
+    return {"b": "bool", "i": "int", "u": "int"}.get(kind, "real")
 
 
 def normwise(errors: dict[str, tuple[float, float]]) -> float:

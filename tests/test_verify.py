@@ -163,3 +163,13 @@ def test_chain_needs_state_pairs(tmp_path) -> None:
     model.state = {}
     with pytest.raises(UserError, match="no state pairs"):
         verify_chain(model, {}, 10)
+
+
+def test_an_output_of_the_wrong_kind_is_a_problem() -> None:
+    """1.0 where the reference says True is not equal: flags, integers and reals are told apart
+    (a float32 output against a float64 reference is the precision under test, not a problem)."""
+    mask = np.array([True, False])
+    _, _, problems = _errors({"z": mask.astype(np.float32)}, {"z": mask})
+    assert problems == ["output 'z' is float32, expected bool"]
+    assert _errors({"y": REF.astype(np.float32)}, {"y": REF})[2] == []
+    assert _errors({"t": np.array([1, 2], np.int32)}, {"t": np.array([1, 2], np.int64)})[2] == []
