@@ -280,11 +280,18 @@ def _text(t: tuple[int, list | None]) -> str:
 
 
 def _referenced(op_type: str, opset: int) -> bool:
+    """Whether onnx.reference evaluates the op: a kernel of its own, or the function body the
+    operator's schema defines (Gelu, HardSwish, GroupNormalization, ...), which it expands."""
     try:
         load_op("", op_type, opset)
+        return True
     except Exception:  # noqa: BLE001 - onnx raises NotImplementedError or RuntimeError, by version
+        pass
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, "")
+    except Exception:  # noqa: BLE001 - no such op at this opset
         return False
-    return True
+    return bool(schema.has_function or schema.has_context_dependent_function)
 
 
 def _recurrent_problems(proto: onnx.ModelProto) -> list[str]:
