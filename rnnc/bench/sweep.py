@@ -225,7 +225,7 @@ def _measure_shape(model: Model, runners: dict[str, Any], batch: int, seq: int, 
     rows, funcs, checks = [], {}, {}
     reference = None
     if check:
-        reference = {k: np.asarray(v, dtype=np.float64) for k, v in model.reference64(inputs).items()}
+        reference = {k: np.asarray(v) for k, v in model.reference64(inputs).items()}  # kinds kept (verify._kind)
     for name, runner in runners.items():
         try:
             call = runner.bind(**inputs)
