@@ -28,6 +28,7 @@ from rnnc.graphs.model import Arrays, Model, TensorInfo
 from rnnc.graphs.onnx_rewrite import replace_field, runnable_graph
 from rnnc.graphs.onnx_shapes import DTYPES, RECURRENT, output_infos, shape_inputs
 from rnnc.graphs.state import state_pairs
+from rnnc.graphs.walk import all_nodes
 
 SOURCE_FILE = "source.onnx"
 MIN_OPSET = 7
@@ -207,15 +208,6 @@ def _upgrade(label: str, proto: onnx.ModelProto) -> onnx.ModelProto:
             replace_field(node.attribute, [a for a in node.attribute if a.name != "output_sequence"])
     replace_field(converted.opset_import, [o for o in converted.opset_import if o.domain != "rnnc.parked"])
     return converted
-
-
-def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of `graph` and of its subgraphs (If branches, Loop and Scan bodies), depth first."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from all_nodes(sub)
 
 
 def _unsupported(proto: onnx.ModelProto) -> list[str]:

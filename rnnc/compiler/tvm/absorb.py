@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from rnnc.graphs.walk import outer_reads
 from onnx import helper, numpy_helper
 
 RECURRENT = ("LSTM", "GRU", "RNN")
@@ -59,7 +60,7 @@ class _Graph:
         for node in graph.node:
             for name in node.output:
                 self.producers[name] = node
-            for name in list(node.input) + sorted(_outer_reads(node)):
+            for name in list(node.input) + sorted(outer_reads(node)):
                 if name:
                     self.consumers.setdefault(name, []).append(node)
         self.outputs = {o.name for o in graph.output}
@@ -293,16 +294,3 @@ class _Graph:
         return name
 
 
-def _outer_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs read from the enclosing scope (every input of their nodes that the
-    subgraph itself does not define)."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for n in sub.node:
-                defined.update(n.output)
-            for n in sub.node:
-                reads.update(i for i in n.input if i and i not in defined)
-                reads.update(r for r in _outer_reads(n) if r not in defined)
-    return reads

@@ -23,6 +23,7 @@ from rnnc.compiler.tvm import conv, cuda, dense, kernels
 from rnnc.compiler.tvm.absorb import CONV, DENSE, RECURRENT
 from rnnc.compiler.tvm.spec import ACTIVATIONS, LayerSpec, Tuning, signature
 from rnnc.errors import Unsupported
+from rnnc.graphs.walk import all_nodes
 
 # the layer kernels per target kind: each module has `layer_primfunc(spec, name)` and `pack(spec, W, R, B, P)`
 KERNELS = {"llvm": kernels, "cuda": cuda}
@@ -58,7 +59,7 @@ class Importer(upstream.ONNXGraphImporter):
     def _check_for_unsupported_ops(self, graph: onnx.GraphProto) -> None:
         known = set(upstream._get_convert_map()) | set(RECURRENT) | set(CONTROL) | {DENSE, CONV, "If", "Constant"}
         found: dict[str, list[str]] = {}
-        for node in _all_nodes(graph):
+        for node in all_nodes(graph):
             if node.op_type not in known or node.domain not in ("", "ai.onnx", "rnnc"):
                 op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
                 found.setdefault(op, []).append(node.name or "?")
@@ -273,14 +274,6 @@ class Importer(upstream.ONNXGraphImporter):
             lo, hi = float(a.get("clip_min", -np.inf)), float(a.get("clip_max", np.inf))
             return self.bb.emit(relax.op.clip(y, lo, hi))
         return y
-
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from _all_nodes(sub)
 
 
 def _text(value: Any) -> str:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 
 import onnx
+from rnnc.graphs.walk import outer_reads
 from onnx import TensorProto, helper
 
 __all__ = ["sequences_to_scan_outputs"]
@@ -141,7 +142,7 @@ class _Rewrite:
             return None
         seq_in, seq_out = body.input[2 + j].name, body.output[1 + j].name
         readers = [k for k, n in enumerate(body.node)
-                   if {seq_in, seq_out} & (set(n.input) | _outer_reads(n))]
+                   if {seq_in, seq_out} & (set(n.input) | outer_reads(n))]
         if len(readers) != 1:
             return None
         insert = body.node[readers[0]]
@@ -157,7 +158,7 @@ class _Rewrite:
             if result in {o.name for o in g.output}:
                 return None
             for k, n in enumerate(g.node):
-                if result in _outer_reads(n):
+                if result in outer_reads(n):
                     return None
                 if result in n.input:
                     if n.op_type != "ConcatFromSequence" or list(n.input) != [result]:
@@ -315,23 +316,9 @@ def _drop_value_info(g: onnx.GraphProto, names: set[str]) -> None:
 
 
 def _drop_unread_sequence_empty(g: onnx.GraphProto) -> None:
-    read = {i for n in g.node for i in list(n.input) + sorted(_outer_reads(n))} | {o.name for o in g.output}
+    read = {i for n in g.node for i in list(n.input) + sorted(outer_reads(n))} | {o.name for o in g.output}
     keep = [n for n in g.node if not (n.op_type == "SequenceEmpty" and n.output[0] not in read)]
     if len(keep) != len(g.node):
         _replace(g.node, keep)
 
 
-def _outer_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs read from the enclosing scope (inputs of their nodes and outputs
-    that the subgraph does not define)."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-            defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
-            for n in sub.node:
-                defined.update(n.output)
-            for n in sub.node:
-                reads.update(i for i in n.input if i and i not in defined)
-                reads.update(r for r in _outer_reads(n) if r not in defined)
-            reads.update(o.name for o in sub.output if o.name not in defined)
-    return reads
