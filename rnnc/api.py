@@ -24,7 +24,7 @@ from rnnc.targets.base import Runner
 from rnnc.verify import verify as verify_runners
 from rnnc.verify import verify_chain
 
-__all__ = ["bench", "compile", "load", "open_dir", "run", "verify"]
+__all__ = ["bench", "compile", "history", "load", "open_dir", "run", "verify"]
 ALL_CORES = host.cpu_count()
 
 
@@ -136,13 +136,45 @@ def run(directory: str | Path, backend: str, inputs: str | Path, out: str | Path
     return out_path
 
 
+def history(history: str, model: str | None = None, out_dir: str | Path | None = None) -> tuple[str, list[Path]]:
+    """`rnnc history`: the trend table of every row over the runs of a history (a path or an
+    SQLAlchemy URL), with its steps, and `history.png` (`history-MODEL.png` with `model`) in
+    `out_dir` (default: beside a history file; the current directory for a URL). Returns the
+    text and the paths written; an empty history is one line and no plot."""
+    from rnnc.history import describe, load
+    from rnnc.reports import trend
+
+    runs = load(history, model)
+    if not runs:
+        return f"{describe(history)}: no runs recorded yet (`rnnc bench ... --history` appends one)", []
+    found = trend.trends(runs)
+    if out_dir is None:
+        out_dir = Path(".") if "://" in history else Path(history).expanduser().parent
+    name = f"history-{trend.slug(model)}.png" if model is not None else "history.png"
+    text = trend.table(found) + "\n" + trend.summary(runs, found) if found else trend.summary(runs, found)
+    written = [trend.plot(runs, found, Path(out_dir) / name)] if found else []
+    return text, written
+
+
 def bench(source: str | Path, target: str = "cpu", backends: Sequence[str] | None = None, *,
-          render_report: bool = True, **options: Any) -> dict[str, Any]:
+          render_report: bool = True, history: str | None = None, **options: Any) -> dict[str, Any]:
     """`rnnc bench`: the sweep (`rnnc.bench.run_bench`, whose keyword options these are), then the
-    rendered report beside report.json. Returns the report with `exit_code` and `written`."""
+    rendered report beside report.json, then (with `history`, a path or an SQLAlchemy URL) the
+    report appended to that history. Returns the report with `exit_code` and `written`."""
+    if history is not None:
+        from rnnc import history as runs
+
+        runs.check_reachable(history)  # a bad URL is refused before the sweep, not after it
     report = run_bench(source, target, list(backends) if backends is not None else list(targets.names()),
                        **options)
-    if render_report:
-        written = render(Path(report["report_path"]), None, Path(report["report_path"]).parent)
+    if render_report:  # an A/B bench is rendered side by side with its other half
+        path = Path(report["report_path"])
+        against = path.parent / report["ab"]["against"] if report.get("ab") else None
+        written = render(path, against, path.parent)
         report["written"] += [str(p) for p in written]
+    if history is not None:
+        from rnnc import history as runs
+        from rnnc.records.report import load_report
+
+        report["history_run"] = runs.append(history, load_report(Path(report["report_path"])))
     return report

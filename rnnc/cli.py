@@ -88,6 +88,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report directory")
     p.add_argument("--resume", action="store_true", help="run only the rows missing from --out's report")
     p.add_argument("--check", action="store_true", help="verify every backend's output in the same run")
+    p.add_argument("--against", metavar="OLD_DIR",
+                   help="A/B: also measure this older build (a compiled DIR or a bench --out) in the same rounds")
+    p.add_argument("--history", help="append the report to this history (an SQLite path or an SQLAlchemy URL)")
+    p.add_argument("--revision", help="the revision the history records (default: git HEAD of the current "
+                                      "directory, else $GITHUB_SHA or $CI_COMMIT_SHA)")
     p.add_argument("--threads", default="all",
                    help="threads per runtime: all (every core, the default), N, or default (each runtime's own)")
     p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
@@ -103,11 +108,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gate", help="fail when a row got slower than its baseline")
     p.add_argument("report")
-    p.add_argument("--baseline", required=True)
+    p.add_argument("--baseline", help="the report to compare with (default for an A/B bench: its other half)")
+    p.add_argument("--history", help="judge each row against the noise its history has shown (path or URL)")
     p.add_argument("--max-regression", default="10%", type=_percent)
-    p.add_argument("--normalize", action="store_true", help="compare calibration-normalised times")
-    p.add_argument("--common-mode", action="store_true",
-                   help="judge each backend against the drift its shape's backends share (same machine)")
+    p.add_argument("--mode", default="auto", help="auto (default), ab, common, plain, normalized, history")
+    p.add_argument("--normalize", action="store_true", help="the same as --mode normalized")
+    p.add_argument("--common-mode", action="store_true", help="the same as --mode common")
     p.set_defaults(handler=_gate)
 
     p = sub.add_parser("run", help="run one backend of DIR on your own inputs")
@@ -116,6 +122,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help=".npz keyed by the model's input names")
     p.add_argument("--out", help="output .npz (default: beside the inputs)")
     p.set_defaults(handler=_run)
+
+    p = sub.add_parser("history", help="each row's trend over the runs of a history, with its change points")
+    p.add_argument("history", help="a history: an SQLite file or an SQLAlchemy URL")
+    p.add_argument("--model", help="only this model's rows")
+    p.add_argument("--out", help="where to write history.png (default: beside the history file; . for a URL)")
+    p.set_defaults(handler=_history)
     return parser
 
 
@@ -220,7 +232,8 @@ def _bench(args: argparse.Namespace) -> int:
     report = api.bench(args.spec, args.target or "cpu", backends, seq_lens=args.seq_lens,
                        batch_sizes=args.batch_sizes, out_dir=Path(args.out) if args.out else None,
                        resume=args.resume, check=args.check, progress=_progress(), threads=threads,
-                       shapes=_shapes(args), **_model_options(args))
+                       shapes=_shapes(args), against=args.against, history=args.history,
+                       revision=args.revision or (_revision() if args.history else None), **_model_options(args))
     print(results_table(report))
     for path in report.get("written", []):
         print(f"wrote {path}")
@@ -237,11 +250,28 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _revision() -> str | None:
+    """The revision a history records for this run: the checkout the command runs in, else CI's."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    sha = os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
+    return sha[:12] if sha else None
+
+
 def _gate(args: argparse.Namespace) -> int:
     from rnnc.reports import gate
 
-    code, table = gate(Path(args.report), Path(args.baseline), args.max_regression, args.normalize,
-                       common_mode=args.common_mode)
+    modes = [m for m, on in (("normalized", args.normalize), ("common", args.common_mode)) if on]
+    if len(modes) > 1 or (modes and args.mode != "auto"):
+        raise UserError("--mode, --normalize and --common-mode are alternatives: choose one")
+    code, table = gate(Path(args.report), Path(args.baseline) if args.baseline else None, args.max_regression,
+                       modes[0] if modes else args.mode, args.history)
     print(table)
     return code
 
@@ -252,6 +282,16 @@ def _run(args: argparse.Namespace) -> int:
     targets.backend(args.backend)  # an unknown name is a one-line error before any work
     out = api.run(args.dir, args.backend, args.inputs, args.out)
     print(f"wrote {out}")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from rnnc import api
+
+    text, written = api.history(args.history, args.model, Path(args.out) if args.out else None)
+    print(text)
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

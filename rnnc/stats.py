@@ -186,15 +186,54 @@ def compare_common_mode(
 ) -> tuple[dict[str, Comparison], float]:
     """`compare` for backends measured interleaved on the same shape, after dividing out the
     change they share: each one's ratio of medians over the median of all their ratios (the
-    common drift, also returned). Drift of the machine between two runs hits every interleaved
-    backend alike and cancels; a regression of one backend does not move the median of three or
-    more. A change that slows every backend alike is invisible here, by construction.
+    common drift, also returned). Drift of the machine between two runs hits the interleaved
+    backends together and cancels; a regression of one backend does not move the median of three
+    or more. A change that slows every backend alike is invisible here, by construction.
+
+    The drift is not the same for every backend: between reruns here torch and torchscript moved
+    +25% while onnxruntime and tvm did not. So each interval also holds the spread of the backends'
+    ratios around the shared one (1.4826 x their MAD, in quadrature with the bootstrap's): a
+    split like that widens every interval of the shape, while one backend that regressed alone
+    leaves the MAD of the others small and stands out.
     """
+    names = list(base)
+    if max_regression <= 0:
+        raise ValueError(f"max_regression must be > 0, got {max_regression}")
+    point, boot = _ratio_boots(base, new, resamples, seed)
+    drift = float(np.median(list(point.values())))
+    drift_boot = np.median(np.stack([boot[n] for n in names]), axis=0)
+    alpha = (1 - confidence) / 2
+    # how far the backends' own drifts spread around the shared one (robust: one backend that
+    # regressed does not move the MAD of three or more); added to each interval in quadrature
+    spread = 1.4826 * float(np.median([abs(math.log(point[n] / drift)) for n in names]))
+    z = float(np.sqrt(2) * _erfinv(confidence))
+    out = {}
+    for name in names:
+        b, n = _values(base[name]), _values(new[name])
+        lo, hi = np.percentile(boot[name] / drift_boot, [100 * alpha, 100 * (1 - alpha)])
+        mid = math.log(point[name] / drift)
+        lo = math.exp(mid - math.hypot(mid - math.log(lo), z * spread))
+        hi = math.exp(mid + math.hypot(math.log(hi) - mid, z * spread))
+        if b.size < MIN_SAMPLES or n.size < MIN_SAMPLES:
+            out[name] = Comparison(point[name] / drift, math.nan, math.nan, math.nan, "unknown", b.size, n.size)
+            continue
+        out[name] = Comparison(point[name] / drift, float(lo), float(hi), mann_whitney_p(b, n / drift),
+                               _verdict(float(lo), float(hi), max_regression), b.size, n.size)
+    return out, drift
+
+
+def _erfinv(p: float) -> float:
+    from scipy.special import erfinv
+
+    return float(erfinv(p))
+
+
+def _ratio_boots(base: dict[str, Sequence[float]], new: dict[str, Sequence[float]], resamples: int,
+                 seed: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Each backend's ratio of medians (new / base) and its bootstrap replicates."""
     names = list(base)
     if sorted(names) != sorted(new) or len(names) < 3:
         raise ValueError("need the same three or more backends on both sides")
-    if max_regression <= 0:
-        raise ValueError(f"max_regression must be > 0, got {max_regression}")
     rng = np.random.default_rng(seed)
     point, boot = {}, {}
     for name in names:
@@ -202,19 +241,32 @@ def compare_common_mode(
         point[name] = float(np.median(n) / np.median(b))
         boot[name] = (np.median(n[rng.integers(0, n.size, size=(resamples, n.size))], axis=1)
                       / np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1))
+    return point, boot
+
+
+def shared_drift(
+    base: dict[str, Sequence[float]],
+    new: dict[str, Sequence[float]],
+    max_change: float,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """The change three or more interleaved backends share (the median of their ratios), with its
+    bootstrap interval; "fail" when even its low end is past 1 + max_change. The common-mode gate
+    divides this out; judged on its own against a bound larger than any drift the machine has
+    shown, it still catches a change that slows every backend far beyond the machine's drift."""
+    if max_change <= 0:
+        raise ValueError(f"max_change must be > 0, got {max_change}")
+    point, boot = _ratio_boots(base, new, resamples, seed)
     drift = float(np.median(list(point.values())))
-    drift_boot = np.median(np.stack([boot[n] for n in names]), axis=0)
+    drift_boot = np.median(np.stack(list(boot.values())), axis=0)
     alpha = (1 - confidence) / 2
-    out = {}
-    for name in names:
-        b, n = _values(base[name]), _values(new[name])
-        lo, hi = np.percentile(boot[name] / drift_boot, [100 * alpha, 100 * (1 - alpha)])
-        if b.size < MIN_SAMPLES or n.size < MIN_SAMPLES:
-            out[name] = Comparison(point[name] / drift, math.nan, math.nan, math.nan, "unknown", b.size, n.size)
-            continue
-        out[name] = Comparison(point[name] / drift, float(lo), float(hi), mann_whitney_p(b, n / drift),
-                               _verdict(float(lo), float(hi), max_regression), b.size, n.size)
-    return out, drift
+    lo, hi = (float(v) for v in np.percentile(drift_boot, [100 * alpha, 100 * (1 - alpha)]))
+    n_base, n_new = min(len(v) for v in base.values()), min(len(v) for v in new.values())
+    if n_base < MIN_SAMPLES or n_new < MIN_SAMPLES:
+        return Comparison(drift, math.nan, math.nan, math.nan, "unknown", n_base, n_new)
+    return Comparison(drift, lo, hi, math.nan, _verdict(lo, hi, max_change), n_base, n_new)
 
 
 def compare_quartiles(
@@ -230,3 +282,33 @@ def compare_quartiles(
     if n3 < b1:
         return "faster"
     return "same"
+
+
+def compare_to_history(history: Sequence[float], new: float, max_regression: float,
+                       confidence: float = 0.95) -> Comparison:
+    """A new median against the medians earlier runs of the same row have shown (Bencher's design).
+
+    The ratio is to the history's median; its interval is a prediction interval from the
+    history's own run-to-run spread: a robust sigma of the log medians (1.4826 x their MAD, so a
+    few outlying runs do not widen it), times sqrt(1 + 1/n) for a new draw. The verdict is
+    `compare`'s: a failure needs the interval's low end above 1 + max_regression.
+    """
+    if max_regression <= 0:
+        raise ValueError(f"max_regression must be > 0, got {max_regression}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    logs = np.log(_values(history))
+    if not (math.isfinite(new) and new > 0):
+        raise ValueError(f"the new median must be > 0, got {new}")
+    center = float(np.median(logs))
+    ratio = math.exp(math.log(new) - center)
+    if logs.size < MIN_SAMPLES:
+        return Comparison(ratio, math.nan, math.nan, math.nan, "unknown", int(logs.size), 1)
+    from scipy.stats import norm
+
+    sigma = 1.4826 * float(np.median(np.abs(logs - center))) * math.sqrt(1 + 1 / logs.size)
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    shift = math.log(ratio)
+    lo, hi = math.exp(shift - z * sigma), math.exp(shift + z * sigma)
+    p = float(norm.sf(shift / sigma)) if sigma > 0 else (0.0 if shift > 0 else 1.0)
+    return Comparison(ratio, lo, hi, p, _verdict(lo, hi, max_regression), int(logs.size), 1)

@@ -106,3 +106,30 @@ def test_common_mode_cancels_shared_drift_and_keeps_a_lone_regression():
     assert cmps["onnxruntime"].ratio == pytest.approx(1.25, rel=0.05)
     with pytest.raises(ValueError):
         stats.compare_common_mode({"a": [1.0] * 9, "b": [1.0] * 9}, {"a": [1.0] * 9, "b": [1.0] * 9}, 0.1)
+
+
+def test_history_band_is_the_rows_own_run_to_run_spread():
+    rng = np.random.default_rng(3)
+    tight = list(np.exp(rng.normal(0, 0.02, 20)))  # a row whose median moved ~2% between runs
+    loose = list(np.exp(rng.normal(0, 0.10, 20)))  # one that moved ~10%
+    assert stats.compare_to_history(tight, 1.25, 0.10).verdict == "fail"
+    assert stats.compare_to_history(loose, 1.25, 0.10).verdict != "fail"  # within what it has shown
+    cmp = stats.compare_to_history(tight, 1.0, 0.10)
+    assert cmp.verdict == "same" and cmp.ci_low < 1 < cmp.ci_high and 0.2 < cmp.p_slower < 0.8
+    assert stats.compare_to_history(tight, 0.7, 0.10).verdict == "faster"
+    assert stats.compare_to_history(tight[:3], 2.0, 0.10).verdict == "unknown"
+    # a few outlying runs do not widen the band (MAD, not the standard deviation)
+    assert stats.compare_to_history(tight + [3.0, 0.3], 1.25, 0.10).verdict == "fail"
+
+
+def test_history_band_false_alarm_rate_on_unchanged_runs():
+    """Draws from the history's own distribution fail at 10% (almost) never; 25% slower ones fail when
+    the history is tight enough to tell."""
+    rng = np.random.default_rng(0)
+    alarms = caught = 0
+    for _ in range(500):
+        past = np.exp(rng.normal(0, 0.03, 20))
+        new = float(np.exp(rng.normal(0, 0.03)))
+        alarms += stats.compare_to_history(past, new, 0.10).verdict == "fail"
+        caught += stats.compare_to_history(past, new * 1.25, 0.10).verdict == "fail"
+    assert alarms == 0 and caught >= 450

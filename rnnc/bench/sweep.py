@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rnnc import host, stats, targets
+from rnnc.bench import against as ab
 from rnnc.bench import measure
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
@@ -48,6 +49,8 @@ def run_bench(
     shapes: dict[str, tuple[int, ...]] | None = None,
     bind: dict[str, Any] | None = None,
     state: dict[str, str] | None = None,
+    against: str | Path | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Bench a spec, a model file, a compiled DIR or a folder of specs; returns the report with
     `exit_code`, `report_path` and `written` added (0 ok; 1 a backend failed or was wrong under
@@ -58,6 +61,11 @@ def run_bench(
     {backend: fraction} makes that backend do that fraction more work per call; the report records
     it on the rows it touched. `shapes`, `bind` and `state` are a model file's import options
     (as `rnnc compile --shapes / --bind / --state`).
+
+    `against` (a compiled DIR, or an earlier bench's --out) makes it an A/B bench (`rnnc.bench.
+    against`): each backend of both builds measured in the same rounds; the old side's rows are
+    written to `OUT/against/report.json`. `revision` (the user's commit) is recorded in the
+    report's environment, for a history to name the commit range of a step.
     """
     targets.check_target(target)
     _check_sizes("--seq-lens", seq_lens)
@@ -67,20 +75,35 @@ def run_bench(
     sources = resolve_sources(Path(source))
     out_dir = Path(out_dir) if out_dir is not None else default_out(Path(source), sources, target)
     in_force = runtime_threads.in_force(threads)
+    old_dirs = None
+    if against is not None:
+        if resume:
+            raise UserError("--resume with --against: an A/B bench's two sides must be measured together; "
+                            "rerun it whole")
+        old_dirs = ab.resolve(Path(against))
     with runtime_threads.kept_torch_threads():
         report = _start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force)
+        if revision:
+            report["environment"]["revision"] = revision
+        pair = None
+        if old_dirs is not None:
+            run = ab.new_run_id()
+            report["ab"] = {"run": run, "role": "new", "against": f"{ab.AGAINST}/{REPORT}"}
+            pair = (ab.half_report(report, run), old_dirs)
         _sweep_all(report, out_dir / REPORT, sources, target, backends, seq_lens, batch_sizes, settings, check,
                    resume, extra_work or {}, seed, progress, threads,
-                   {"shapes": shapes, "bind": bind, "state": state})
-    return dict(report, exit_code=exit_code(report), report_path=str(out_dir / REPORT),
-                written=[str(out_dir / REPORT)])
+                   {"shapes": shapes, "bind": bind, "state": state}, pair)
+    written = [str(out_dir / REPORT)] + ([str(out_dir / ab.AGAINST / REPORT)] if pair else [])
+    return dict(report, exit_code=exit_code(report), report_path=str(out_dir / REPORT), written=written)
 
 
 def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source], target: str,
                backends: list[str], seq_lens: list[int] | None, batch_sizes: list[int] | None,
                settings: measure.Settings, check: bool, resume: bool, extra_work: dict[str, float], seed: int,
-               progress: Progress, threads: int | None, imports: dict[str, Any]) -> None:
+               progress: Progress, threads: int | None, imports: dict[str, Any],
+               pair: tuple[dict[str, Any], dict[str, Path]] | None = None) -> None:
     out_dir = report_path.parent
+    old_path = out_dir / ab.AGAINST / REPORT
     plans = [(src, sweep_shapes(src.shapes, seq_lens, batch_sizes)) for src in sources]
     bar = SweepProgress(progress, sum(len(shapes) * len(backends) for _, shapes in plans if shapes is not None))
     for src, shapes in plans:
@@ -91,11 +114,21 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
             shapes = sweep_shapes(model.shapes, seq_lens, batch_sizes)
             bar.grow(len(shapes) * len(backends))
         _record_model(report, model, manifest, model_dir, src.path, out_dir)
+        old = None
+        if pair is not None:
+            old = ab.open_old(pair[1], model, target)
+            if old is None:
+                held = ", ".join(sorted(pair[1]))
+                raise UserError(f"--against: no build of model {model.name!r} there (it holds {held})")
+            _record_model(pair[0], old.model, old.manifest, old.model_dir, old.model_dir, old_path.parent)
         _sweep_model(report, report_path, model, manifest, model_dir, target, backends, shapes, settings,
-                     check, extra_work, seed, bar, threads)
+                     check, extra_work, seed, bar, threads, old and (old, pair[0], old_path))
     bar.close()
     report["finished"] = True
     schema.write_atomic(report_path, report)
+    if pair is not None:
+        pair[0]["finished"] = True
+        schema.write_atomic(old_path, pair[0])
 
 
 def exit_code(report: dict[str, Any]) -> int:
@@ -181,11 +214,48 @@ def _record_model(report: dict[str, Any], model: Model, manifest: Manifest, mode
 def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manifest: Manifest,
                  model_dir: Path, target: str, backends: list[str], shapes: list[tuple[int, int]],
                  settings: measure.Settings, check: bool, extra_work: dict[str, float], seed: int,
-                 bar: SweepProgress, threads: int | None) -> None:
+                 bar: SweepProgress, threads: int | None,
+                 old: tuple[ab.OldSide, dict[str, Any], Path] | None = None) -> None:
     have = {schema.row_key(r) for r in report["rows"]}
     todo = {(b, s): [n for n in backends if (model.name, n, b, s) not in have] for b, s in shapes}
     bar.skip(sum(len(backends) - len(v) for v in todo.values()))
     needed = {n for names in todo.values() for n in names}
+    runners, not_run = _load_runners(manifest, model_dir, backends, needed, target, threads)
+    if old is not None:
+        side = old[0]
+        side.runners, side.not_run = _load_runners(side.manifest, side.model_dir, backends, needed, target,
+                                                   threads)
+    calibration = measure.calibration_workload()
+    for (batch, seq), names in todo.items():
+        if not names:
+            continue
+        bar.show(f"{model.name} batch {batch} seq {seq}")
+        started = time.perf_counter()
+        rows = [_not_run_row(model.name, n, batch, seq, *not_run[n]) for n in names if n in not_run]
+        old_runners = {}
+        if old is not None:
+            old_rows = [_not_run_row(model.name, n, batch, seq, *old[0].not_run[n]) for n in names
+                        if n in old[0].not_run]
+            old_runners = {n + ab.SUFFIX: old[0].runners[n] for n in names if n in old[0].runners}
+        measured = _measure_shape(model, {n: runners[n] for n in names if n in runners} | old_runners, batch,
+                                  seq, settings, check, extra_work, seed, calibration, report)
+        rows += [r for r in measured if not r.backend.endswith(ab.SUFFIX)]
+        report["rows"] += [_with_precision(r, manifest).to_json() for r in rows]
+        report["rows"].sort(key=_row_order(report))
+        schema.write_atomic(report_path, report)
+        if old is not None:
+            old_rows += [r.model_copy(update={"backend": r.backend.removesuffix(ab.SUFFIX)}) for r in measured
+                         if r.backend.endswith(ab.SUFFIX)]
+            old[1]["rows"] += [_with_precision(r, old[0].manifest).to_json() for r in old_rows]
+            old[1]["rows"].sort(key=_row_order(old[1]))
+            schema.write_atomic(old[2], old[1])
+        bar.measured(len(names), time.perf_counter() - started)
+    bar.show(f"{model.name} done")
+
+
+def _load_runners(manifest: Manifest, model_dir: Path, backends: list[str], needed: set[str], target: str,
+                  threads: int | None) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+    """A runner for every backend a sweep still needs, and (status, reason) of the others."""
     runners, not_run = {}, {}
     for name in backends:
         record = manifest.backends.get(name)
@@ -198,20 +268,7 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
                 runners[name] = targets.backend(name).load(model_dir, manifest, target, threads)
             except Exception as err:  # noqa: BLE001 - a broken artifact is that backend's failed row
                 not_run[name] = ("failed", f"cannot load: {type(err).__name__}: {err}")
-    calibration = measure.calibration_workload()
-    for (batch, seq), names in todo.items():
-        if not names:
-            continue
-        bar.show(f"{model.name} batch {batch} seq {seq}")
-        started = time.perf_counter()
-        rows = [_not_run_row(model.name, n, batch, seq, *not_run[n]) for n in names if n in not_run]
-        rows += _measure_shape(model, {n: runners[n] for n in names if n in runners}, batch, seq, settings,
-                               check, extra_work, seed, calibration, report)
-        report["rows"] += [_with_precision(r, manifest).to_json() for r in rows]
-        report["rows"].sort(key=_row_order(report))
-        schema.write_atomic(report_path, report)
-        bar.measured(len(names), time.perf_counter() - started)
-    bar.show(f"{model.name} done")
+    return runners, not_run
 
 
 def _measure_shape(model: Model, runners: dict[str, Any], batch: int, seq: int, settings: measure.Settings,

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from rnnc.reports import content, schema
-from rnnc.reports.gate import compare_reports, gate
+from rnnc.reports.gate import compare_reports, default_mode, gate
 
 __all__ = ["gate", "render"]
 
@@ -25,7 +25,7 @@ def render(report_path: Path, baseline_path: Path | None = None, out_dir: Path |
     out_dir.mkdir(parents=True, exist_ok=True)
     changes = None
     if baseline is not None:
-        changes = {c.key: c for c in compare_reports(baseline, report, 0.10, normalize=False)}
+        changes = {c.key: c for c in compare_reports(baseline, report, 0.10, default_mode(report, baseline))}
     images, written = {}, []
     for model in report["models"]:
         png = plots.plot_model(report, model, out_dir / f"plot-{_slug(model)}.png", baseline)

@@ -46,8 +46,11 @@ def document(report: dict[str, Any], baseline: dict[str, Any] | None, images: di
                              f"coefficient of variation exceeds {cv_warn:.0%}: too noisy to trust."))
     if changes is not None:
         blocks.append(Block("p", "Against the baseline: change of each row's median, the 95% bootstrap interval "
-                                 "of that change, and the verdict of `rnnc gate --max-regression 10%` (FAIL only "
-                                 "when the whole interval is past +10%)."))
+                                 "of that change, and the verdict of `rnnc gate --max-regression 10%` in its "
+                                 "default mode (FAIL only when the whole interval is past +10%). For a baseline "
+                                 "from an earlier run the change is relative to the drift shared by the "
+                                 "backends of its shape; for an A/B bench (`--against`) it is the plain change, "
+                                 "both builds measured in the same rounds."))
     blocks += _environment(report, baseline)
     for name in models:
         blocks += _model(report, baseline, name, images.get(name), changes)
@@ -134,7 +137,7 @@ def _change_cells(c: Any) -> tuple[str, str, str, str]:
         return ("-", "-", "-", "-")
     cmp = c.cmp
     ci = f"[{cmp.ci_low - 1:+.1%}, {cmp.ci_high - 1:+.1%}]" if cmp and not math.isnan(cmp.ci_low) else "-"
-    change = f"{c.new / c.base - 1:+.1%}" if c.base and c.new else "-"
+    change = f"{cmp.ratio - 1:+.1%}" if cmp else f"{c.new / c.base - 1:+.1%}" if c.base and c.new else "-"
     return (_ms(c.base) if c.base else "-", change, ci, c.verdict)
 
 

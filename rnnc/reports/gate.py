@@ -1,19 +1,31 @@
-"""`rnnc gate`: compare a report with a baseline row by row; exit 1 on a real regression.
+"""`rnnc gate`: judge a report row by row; exit 1 on a real regression, 2 when nothing compares.
 
-A row fails only when its slowdown is past `max_regression` beyond what its own samples' noise
-explains: the lower end of the 95% bootstrap interval of the ratio of medians (new / baseline)
-must be above 1 + max_regression (`stats.compare`). A Mann-Whitney p-value is shown beside it.
-A backend that ran in the baseline and fails now fails the gate too; one that is missing or
-skipped now is listed but does not fail it (CI machines differ in what they have installed).
+A row fails only when it is slower than its baseline by more than `max_regression` beyond what
+noise explains: the lower end of the 95% interval of its ratio (new / baseline) is above
+1 + max_regression. What "noise" covers depends on the mode, and the modes exist because this
+machine drifts: between two runs minutes apart every backend measured in the same window of time
+moved 10-28% together, while the calibration matmul measured in the same rounds moved 1%
+(bench/README.md, "Stability"). So:
 
-`--normalize` divides every sample by its own report's calibration median (a fixed matrix
-product measured in the same run), for baselines taken on another machine; the calibration's own
-noise is resampled into the interval.
+- `ab` (same-run A/B, `rnnc bench NEW --against OLD`): both builds were measured in the same
+  interleaved rounds, so the drift fell on both sides alike; each row is judged on its samples
+  (bootstrap of the ratio of medians). Sees every change of the builds, one backend's or all.
+- `common` (a baseline from an earlier run): each backend's ratio over the median ratio of the
+  three or more backends measured interleaved on its shape (`stats.compare_common_mode`). The
+  drift cancels, and so does a change that slows every backend alike, unless that shared change is
+  past `DRIFT_ALLOWANCE` (30%: the largest shared drift measured between reruns here was +20%)
+  on top of the threshold: a 2x slower run still fails. Shapes with fewer backends fall back to
+  `plain`, and say so.
+- `plain`: the samples' own noise only; right where runs do not drift (a quiet, dedicated runner).
+- `normalized`: every time over its report's calibration median, the calibration's noise resampled
+  into the interval; for baselines from another machine.
+- `history` (`--history`): each row against the spread its own median has shown over the runs
+  recorded since its last change point (`stats.compare_to_history`). Sees machine-wide and
+  every-backend changes, as far as the row's history is tight enough to tell.
 
-`common_mode` (same machine, shared host): backends of one shape are measured interleaved, so a
-drift of the machine between the two runs moves them all alike; each backend is then judged on
-its ratio over the median ratio of the three or more backends of its shape (`stats.
-compare_common_mode`). It cannot see a change that slows every backend alike.
+`auto`, the default: `ab` when the two reports are the halves of one A/B run (and with no
+`--baseline`, the report's own other half), else `common`. A backend that ran in the baseline and
+fails now fails the gate too; one missing or skipped now is listed but does not fail it.
 """
 from __future__ import annotations
 
@@ -22,12 +34,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rnnc import history as hist
 from rnnc import stats
 from rnnc.errors import UserError
 from rnnc.reports import schema
 from rnnc.reports.tables import text_table
 
 FAILING = ("FAIL", "BROKEN")
+MODES = ("auto", "ab", "common", "plain", "normalized", "history")
+MODE_NAMES = {
+    "ab": "same-run A/B: both builds measured in the same interleaved rounds",
+    "common": "baseline from an earlier run, each backend relative to the drift its shape's backends share",
+    "plain": "the samples' own noise only",
+    "normalized": "calibration-normalised times",
+    "history": "each row against the noise its history has shown",
+}
+DRIFT_ALLOWANCE = 0.30  # the shared drift `common` divides out, up to this; see the module docstring
+HISTORY_WINDOW = 20  # runs of a row's history the band is taken over (the latest, since its last step)
+MIN_HISTORY = 5  # fewer and a row's verdict is "?": too little history to know its noise
 
 
 @dataclass(frozen=True)
@@ -41,24 +65,66 @@ class RowChange:
     cv: float | None = None  # the new row's coefficient of variation
 
 
-def gate(report_path: Path, baseline_path: Path, max_regression: float, normalize: bool,
-         common_mode: bool = False) -> tuple[int, str]:
-    """Exit code (0 pass, 1 a regression) and the table of every row's change.
-
-    `common_mode` judges each backend against the drift it shares with the backends measured
-    interleaved with it (`stats.compare_common_mode`), for same-machine gates on a shared host.
-    """
+def gate(report_path: Path, baseline_path: Path | None = None, max_regression: float = 0.10,
+         mode: str = "auto", history: str | None = None) -> tuple[int, str]:
+    """Exit code (0 pass, 1 a regression) and the table of every row's change; a `UserError`
+    (exit 2) for reports that cannot be compared. See the module docstring for the modes."""
     if not max_regression > 0:
         raise UserError(f"--max-regression: must be > 0, got {max_regression}")
-    if normalize and common_mode:
-        raise UserError("--normalize and the common-mode comparison are alternatives: choose one")
-    report, baseline = schema.load(Path(report_path)), schema.load(Path(baseline_path))
-    changes = compare_reports(baseline, report, max_regression, normalize, common_mode)
+    if mode not in MODES:
+        raise UserError(f"--mode: unknown mode {mode!r}: choose from {', '.join(MODES)}")
+    report_path = Path(report_path)
+    report = schema.load(report_path)
+    if history is not None or mode == "history":
+        if history is None:
+            raise UserError("--mode history needs --history HISTORY")
+        if baseline_path is not None:
+            raise UserError("--baseline and --history are alternatives: choose one")
+        if mode not in ("auto", "history"):
+            raise UserError(f"--history judges against the history's noise: --mode {mode} does not apply")
+        mode, changes = "history", compare_history(report, hist.load(history), max_regression)
+        base_name = str(history)
+    else:
+        baseline_path = _baseline_path(report, report_path, baseline_path)
+        baseline = schema.load(baseline_path)
+        mode = _mode(mode, report, baseline, baseline_path)
+        changes = compare_reports(baseline, report, max_regression, mode)
+        base_name = str(baseline_path)
     if not any(c.base is not None and c.new is not None for c in changes):
-        raise UserError(f"{report_path} and {baseline_path} have no timed row in common (model, backend, "
+        raise UserError(f"{report_path} and {base_name} have no timed row in common (model, backend, "
                         f"batch size, sequence length): nothing to compare")
     code = 1 if any(c.verdict in FAILING for c in changes) else 0
-    return code, format_changes(changes, max_regression, normalize, code, common_mode)
+    return code, format_changes(changes, max_regression, mode, code)
+
+
+def _baseline_path(report: dict[str, Any], report_path: Path, baseline_path: Path | None) -> Path:
+    if baseline_path is not None:
+        return Path(baseline_path)
+    ab = report.get("ab") or {}
+    if ab.get("role") == "new" and ab.get("against"):
+        return report_path.parent / ab["against"]
+    raise UserError(f"{report_path}: give --baseline BASE.json or --history HISTORY (or bench with --against "
+                    f"OLD_DIR, whose report carries its baseline)")
+
+
+def same_run(report: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """Whether the two reports are the halves of one A/B bench (`rnnc bench --against`)."""
+    run = (report.get("ab") or {}).get("run")
+    return bool(run) and run == (baseline.get("ab") or {}).get("run")
+
+
+def default_mode(report: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """`auto`'s choice for two reports: `ab` for the halves of one A/B run, else `common`."""
+    return "ab" if same_run(report, baseline) else "common"
+
+
+def _mode(mode: str, report: dict[str, Any], baseline: dict[str, Any], baseline_path: Path) -> str:
+    if mode == "auto":
+        return default_mode(report, baseline)
+    if mode == "ab" and not same_run(report, baseline):
+        raise UserError(f"--mode ab: {baseline_path} was not measured in the same A/B run as the report "
+                        f"(rnnc bench NEW --against OLD writes both)")
+    return mode
 
 
 def check_comparable(baseline: dict[str, Any], report: dict[str, Any], normalize: bool) -> None:
@@ -69,7 +135,7 @@ def check_comparable(baseline: dict[str, Any], report: dict[str, Any], normalize
     if baseline["target"] != report["target"]:
         raise UserError(f"reports of different targets: {report['target']} against a {baseline['target']} "
                         f"baseline")
-    threads = [(r.get("settings") or {}).get("threads") or "default" for r in (report, baseline)]
+    threads = [_threads(r) for r in (report, baseline)]
     if threads[0] != threads[1]:
         raise UserError(f"reports measured with different thread counts: {threads[0]} against {threads[1]} "
                         f"in the baseline (rnnc bench --threads)")
@@ -86,16 +152,20 @@ def check_comparable(baseline: dict[str, Any], report: dict[str, Any], normalize
         workloads = {r["calibration"].get("workload") for r in (report, baseline)}
         if len(workloads) > 1:
             shown = " vs ".join(map(str, workloads))
-            raise UserError(f"--normalize: the reports' calibration workloads differ ({shown})")
+            raise UserError(f"--mode normalized: the reports' calibration workloads differ ({shown})")
         for which, r in (("report", report), ("baseline", baseline)):
             if not r["calibration"].get("samples_ms"):
-                raise UserError(f"--normalize: the {which} has no calibration samples")
+                raise UserError(f"--mode normalized: the {which} has no calibration samples")
 
 
-def compare_reports(
-    baseline: dict[str, Any], report: dict[str, Any], max_regression: float, normalize: bool,
-    common_mode: bool = False,
-) -> list[RowChange]:
+def _threads(report: dict[str, Any]) -> Any:
+    return (report.get("settings") or {}).get("threads") or "default"
+
+
+def compare_reports(baseline: dict[str, Any], report: dict[str, Any], max_regression: float,
+                    mode: str = "plain") -> list[RowChange]:
+    """Every row's change from `baseline` to `report` in `mode` (ab, common, plain, normalized)."""
+    normalize = mode == "normalized"
     check_comparable(baseline, report, normalize)
     base_rows = {schema.row_key(r): r for r in baseline["rows"]}
     new_rows = {schema.row_key(r): r for r in report["rows"]}
@@ -105,7 +175,8 @@ def compare_reports(
              else (None, None))
     keys = list(base_rows) + [k for k in new_rows if k not in base_rows]
     models = set(report["models"])
-    shared = _common_mode(base_rows, new_rows, max_regression) if common_mode else {}
+    shared = _common_mode(base_rows, new_rows, max_regression) if mode == "common" else {}
+    beyond = (1 + max_regression) * (1 + DRIFT_ALLOWANCE) - 1
     changes = []
     for key in keys:
         b, n = base_rows.get(key), new_rows.get(key)
@@ -114,19 +185,65 @@ def compare_reports(
         change = _change(key, b, n, scale_b, scale_n, max_regression, units)
         if key in shared:
             cmp, drift = shared[key]
-            verdict = {"fail": "FAIL", "unknown": "?"}.get(cmp.verdict, cmp.verdict)
-            change = RowChange(key, change.base, change.new, cmp, verdict, f"common drift {drift - 1:+.1%}",
-                               change.cv)
-        elif common_mode and change.cmp is not None:
+            if drift.verdict == "fail":
+                change = RowChange(key, change.base, change.new, drift, "FAIL",
+                                   f"every backend of this shape slower together, {drift.ratio - 1:+.1%}: past "
+                                   f"{beyond:+.0%}, more than the machine's drift explains", change.cv)
+            else:
+                change = RowChange(key, change.base, change.new, cmp, _verdict(cmp),
+                                   f"common drift {drift.ratio - 1:+.1%}", change.cv)
+        elif mode == "common" and change.cmp is not None:
             change = RowChange(key, change.base, change.new, change.cmp, change.verdict,
-                               "fewer than 3 backends: not corrected for drift", change.cv)
+                               "fewer than 3 backends on this shape: not corrected for drift", change.cv)
         changes.append(change)
     return changes
 
 
+def compare_history(report: dict[str, Any], runs: list[hist.HistoryRun], max_regression: float) -> list[RowChange]:
+    """Every row of `report` against its own history: the runs of the same target, thread count
+    and model fingerprint, since the row's last change point, the latest `HISTORY_WINDOW`."""
+    target, threads = report["target"], _threads(report)
+    same = [r for r in runs if r.target == target and (r.threads or "default") == threads]
+    if runs and not same:
+        raise UserError(f"the history holds no run of target {target} with threads={threads} "
+                        f"({len(runs)} runs of other settings): nothing to compare")
+    changes = []
+    for row in report["rows"]:
+        key = schema.row_key(row)
+        fp = (report["models"].get(key[0]) or {}).get("fingerprint")
+        medians = [h.median_ms for run in same if not fp or run.fingerprints.get(key[0]) in (None, fp)
+                   for h in run.rows if h.key == key and h.status == "ok" and h.median_ms]
+        if row["status"] != "ok":
+            verdict = "BROKEN" if row["status"] == "failed" and medians else "not run"
+            changes.append(RowChange(key, None, None, None, verdict, row.get("reason") or row["status"]))
+            continue
+        if not medians:
+            changes.append(RowChange(key, None, row["median_ms"], None, "new", "not in the history", row.get("cv")))
+            continue
+        steps = hist.find_steps(medians) if len(medians) >= 2 * MIN_HISTORY else []
+        since = medians[steps[-1].index:] if steps else medians
+        window = since[-HISTORY_WINDOW:]
+        center = stats.median(window)
+        if len(window) < MIN_HISTORY:
+            changes.append(RowChange(key, center, row["median_ms"], None, "?",
+                                     f"{len(window)} runs of history since its last step: too few to know its noise",
+                                     row.get("cv")))
+            continue
+        cmp = stats.compare_to_history(window, row["median_ms"], max_regression)
+        note = f"band of {len(window)} runs" + (f" since the step at run {len(medians) - len(since) + 1}"
+                                                 if steps else "")
+        changes.append(RowChange(key, center, row["median_ms"], cmp, _verdict(cmp), note, row.get("cv")))
+    return changes
+
+
+def _verdict(cmp: stats.Comparison) -> str:
+    return {"fail": "FAIL", "unknown": "?"}.get(cmp.verdict, cmp.verdict)
+
+
 def _common_mode(base_rows: dict[schema.RowKey, Any], new_rows: dict[schema.RowKey, Any],
-                 max_regression: float) -> dict[schema.RowKey, tuple[stats.Comparison, float]]:
-    """Common-mode comparisons of every shape where three or more backends ran in both reports."""
+                 max_regression: float) -> dict[schema.RowKey, tuple[stats.Comparison, stats.Comparison]]:
+    """Common-mode comparisons of every shape where three or more backends ran in both reports, and
+    each shape's shared drift, judged against the threshold on top of `DRIFT_ALLOWANCE`."""
     groups: dict[tuple[str, int, int], list[schema.RowKey]] = {}
     for key, b in base_rows.items():
         n = new_rows.get(key)
@@ -137,8 +254,10 @@ def _common_mode(base_rows: dict[schema.RowKey, Any], new_rows: dict[schema.RowK
     for keys in groups.values():
         if len(keys) < 3:
             continue
-        cmps, drift = stats.compare_common_mode({k[1]: base_rows[k]["samples_ms"] for k in keys},
-                                                {k[1]: new_rows[k]["samples_ms"] for k in keys}, max_regression)
+        base = {k[1]: base_rows[k]["samples_ms"] for k in keys}
+        new = {k[1]: new_rows[k]["samples_ms"] for k in keys}
+        cmps, _ = stats.compare_common_mode(base, new, max_regression)
+        drift = stats.shared_drift(base, new, (1 + max_regression) * (1 + DRIFT_ALLOWANCE) - 1)
         out.update({k: (cmps[k[1]], drift) for k in keys})
     return out
 
@@ -180,11 +299,11 @@ def _change(key: schema.RowKey, b: dict[str, Any] | None, n: dict[str, Any] | No
     return RowChange(key, None, None, None, "not run", why)
 
 
-def format_changes(changes: list[RowChange], max_regression: float, normalize: bool, code: int,
-                   common_mode: bool = False) -> str:
-    unit = "x cal" if normalize else "ms"
-    header = ("model", "backend", "batch", "seq", f"base {unit}", f"new {unit}", "change", "95% CI", "p(slower)",
-              "cv", "verdict", "note")
+def format_changes(changes: list[RowChange], max_regression: float, mode: str, code: int) -> str:
+    """The gate's output: a table of every row (change, interval, verdict, why), then a summary line."""
+    unit = "x cal" if mode == "normalized" else "ms"
+    header = ("model", "backend", "batch", "seq", f"base {unit}", f"new {unit}", "change", "95% interval",
+              "p(slower)", "cv", "verdict", "why")
     rows = []
     for c in changes:
         cmp = c.cmp
@@ -192,18 +311,31 @@ def format_changes(changes: list[RowChange], max_regression: float, normalize: b
         change = f"{cmp.ratio - 1:+.1%}" if cmp else f"{c.new / c.base - 1:+.1%}" if c.base and c.new else "-"
         rows.append((c.key[0], c.key[1], str(c.key[2]), str(c.key[3]), _num(c.base), _num(c.new), change, ci,
                      f"{cmp.p_slower:.3f}" if cmp and not math.isnan(cmp.p_slower) else "-",
-                     f"{c.cv:.1%}" if c.cv is not None else "-", c.verdict, c.note))
+                     f"{c.cv:.1%}" if c.cv is not None else "-", c.verdict, _why(c, max_regression)))
     counts: dict[str, int] = {}
     for c in changes:
         counts[c.verdict] = counts.get(c.verdict, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     failed = [c for c in changes if c.verdict in FAILING]
-    verdict = (f"gate FAILED: {len(failed)} of {len(changes)} rows regressed past {max_regression:.0%}"
+    verdict = (f"gate FAILED: {len(failed)} of {len(changes)} rows regressed past {max_regression:.0%} "
+               f"({', '.join(f'{c.key[1]} b{c.key[2]} s{c.key[3]}' for c in failed[:6])}"
+               f"{', ...' if len(failed) > 6 else ''})"
                if code else f"gate passed: no row slower than {max_regression:.0%} beyond its noise")
-    how = (" (calibration-normalised)" if normalize else
-           " (relative to the drift shared by each shape's backends)" if common_mode else "")
-    return "\n".join([text_table(header, rows, right=range(2, 10)), "", f"{len(changes)} rows: {summary}",
-                      verdict + how])
+    return "\n".join([f"gate mode: {mode} ({MODE_NAMES[mode]})", "",
+                      text_table(header, rows, right=range(2, 10)), "",
+                      f"{len(changes)} rows: {summary}", verdict])
+
+
+def _why(c: RowChange, max_regression: float) -> str:
+    """The reason of a verdict in words, then the mode's note."""
+    cmp, limit = c.cmp, f"+{max_regression:.0%}"
+    reason = {
+        "FAIL": f"even the interval's low end is past {limit}",
+        "slower": f"slower beyond noise, but not past {limit} beyond it",
+        "faster": "faster beyond noise",
+        "same": "the interval holds no change",
+    }.get(c.verdict, "") if cmp is not None else ""
+    return "; ".join(x for x in (reason, c.note) if x)
 
 
 def _num(v: float | None) -> str:

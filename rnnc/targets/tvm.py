@@ -7,7 +7,8 @@ same ISA; another ISA is refused with a sentence (`target.check_host`).
 
 Options (`build(..., options)`): `tune_s` (seconds of search budget, 0 or absent: none; the records
 are cached on disk, see `rnnc.compiler.tvm.tune`), `tune_cache` (a directory for those records),
-`tuning` ({"batch_tile": n, "gemm_rows": m}: fixed tiles, no cache, no search).
+`tuning` ({"batch_tile": n, "gemm_rows": m}: fixed tiles, no cache, no search), `mcpu` (LLVM's name of
+the CPU to build for, e.g. "x86-64", in place of this machine's).
 
 "Built but not verified": `available(target)` answers whether the artifact can be *built* here;
 `runnable(target)` whether it can also *run* here (for `--target cuda` on a machine without a GPU,
@@ -68,8 +69,8 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
         if reason := host.cuda_build_reason():
             raise Unsupported(f"cannot build for CUDA: {reason}")
         tvm_target = host.cuda_target()
-    else:
-        tvm_target = host.host_target()
+    else:  # `mcpu`: an older CPU than this one, for a portable library or to measure what the ISA is worth
+        tvm_target = {"kind": "llvm", "mcpu": options["mcpu"]} if options.get("mcpu") else host.host_target()
     started = time.perf_counter()
     tuning, tune_record = tune.choose(model, target, tvm_target, options)
     lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning)

@@ -20,7 +20,7 @@ def write(tmp_path, name, data):
 
 def test_same_distribution_passes(tmp_path):
     base, new = write(tmp_path, "b.json", standard(seed=1)), write(tmp_path, "n.json", standard(seed=2))
-    code, table = gate(new, base, 0.10, normalize=False)
+    code, table = gate(new, base, 0.10, mode="plain")
     assert code == 0, table
     assert "gate passed" in table and table.count("\nm ") == 8  # every row listed
 
@@ -28,7 +28,7 @@ def test_same_distribution_passes(tmp_path):
 def test_a_quarter_slower_backend_fails_only_its_rows(tmp_path):
     base = write(tmp_path, "b.json", standard(seed=1))
     new = write(tmp_path, "n.json", standard({"onnxruntime": 1.25}, seed=2))
-    code, table = gate(new, base, 0.10, normalize=False)
+    code, table = gate(new, base, 0.10, mode="plain")
     assert code == 1
     lines = [line for line in table.splitlines() if line.startswith("m ")]
     assert all(("FAIL" in line) == ("onnxruntime" in line) for line in lines), table
@@ -38,15 +38,15 @@ def test_a_quarter_slower_backend_fails_only_its_rows(tmp_path):
 def test_a_slowdown_under_the_threshold_passes(tmp_path):
     base = write(tmp_path, "b.json", standard(seed=1))
     new = write(tmp_path, "n.json", standard({"onnxruntime": 1.05}, seed=2))
-    assert gate(new, base, 0.10, normalize=False)[0] == 0
+    assert gate(new, base, 0.10, mode="plain")[0] == 0
 
 
 def test_normalize_divides_out_a_slower_machine(tmp_path):
     base = write(tmp_path, "b.json", standard(seed=1, calibration_ms=5.0))
     slow_machine = standard({"torch": 1.5, "onnxruntime": 1.5}, seed=2, calibration_ms=7.5)
     new = write(tmp_path, "n.json", slow_machine)
-    assert gate(new, base, 0.10, normalize=False)[0] == 1
-    code, table = gate(new, base, 0.10, normalize=True)
+    assert gate(new, base, 0.10, mode="plain")[0] == 1
+    code, table = gate(new, base, 0.10, mode="normalized")
     assert code == 0 and "calibration-normalised" in table
 
 
@@ -58,7 +58,7 @@ def test_rows_that_break_fail_and_missing_rows_do_not(tmp_path):
     changes = gate_changes(standard(seed=1), new)
     verdicts = {(c.key[1], c.key[2], c.key[3]): c.verdict for c in changes}
     assert verdicts[("torch", 1, 8)] == "BROKEN" and verdicts[("torch", 1, 32)] == "missing"
-    assert gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, False)[0] == 1
+    assert gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, mode="plain")[0] == 1
 
 
 def test_new_rows_and_too_few_samples_are_reported_not_judged():
@@ -71,7 +71,7 @@ def test_new_rows_and_too_few_samples_are_reported_not_judged():
 def gate_changes(base, new):
     from rnnc.reports.gate import compare_reports
 
-    return compare_reports(base, new, 0.10, normalize=False)
+    return compare_reports(base, new, 0.10, mode="plain")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -84,21 +84,21 @@ def test_mismatched_reports_are_bad_input(tmp_path, change, message):
     new = standard(seed=2)
     change(new)
     with pytest.raises(UserError, match=message):
-        gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, False)
+        gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, mode="plain")
 
 
 def test_pytest_benchmark_json_is_gated_too(tmp_path):
     base = write(tmp_path, "b.json", pytest_benchmark_json())
-    assert gate(write(tmp_path, "same.json", pytest_benchmark_json()), base, 0.1, False)[0] == 0
-    assert gate(write(tmp_path, "slow.json", pytest_benchmark_json(1.3)), base, 0.1, False)[0] == 1
+    assert gate(write(tmp_path, "same.json", pytest_benchmark_json()), base, 0.1, mode="plain")[0] == 0
+    assert gate(write(tmp_path, "slow.json", pytest_benchmark_json(1.3)), base, 0.1, mode="plain")[0] == 1
     no_data = write(tmp_path, "nodata.json", pytest_benchmark_json(1.3, data=False))
-    code, table = gate(no_data, write(tmp_path, "b2.json", pytest_benchmark_json(data=False)), 0.1, False)
+    code, table = gate(no_data, write(tmp_path, "b2.json", pytest_benchmark_json(data=False)), 0.1, mode="plain")
     assert code == 1 and "judged on quartiles" in table
 
 
 def test_an_rnnc_report_against_a_pytest_benchmark_baseline_is_refused(tmp_path):
     with pytest.raises(UserError, match="different schema"):
-        gate(write(tmp_path, "n.json", standard()), write(tmp_path, "b.json", pytest_benchmark_json()), 0.1, False)
+        gate(write(tmp_path, "n.json", standard()), write(tmp_path, "b.json", pytest_benchmark_json()), 0.1, mode="plain")
 
 
 def test_cli_gate_exit_codes(cli, tmp_path):
@@ -125,7 +125,7 @@ def test_reports_with_different_thread_counts_are_refused(tmp_path):
     new = standard(seed=2)
     new["settings"]["threads"] = 1
     with pytest.raises(UserError, match="different thread counts: 1 against default"):
-        gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, False)
+        gate(write(tmp_path, "n.json", new), write(tmp_path, "b.json", standard(seed=1)), 0.1, mode="plain")
 
 
 def test_reports_without_a_common_row_are_refused(cli, tmp_path):
@@ -149,12 +149,24 @@ def test_common_mode_gate_passes_shared_drift_and_fails_one_backend(tmp_path):
 
     base = write(tmp_path, "b.json", four({}, 1))
     drifted = write(tmp_path, "d.json", four({"all": 1.2}, 2))
-    assert gate(drifted, base, 0.10, False)[0] == 1
-    code, table = gate(drifted, base, 0.10, False, common_mode=True)
+    assert gate(drifted, base, 0.10, mode="plain")[0] == 1
+    code, table = gate(drifted, base, 0.10, mode="common")
     drifts = {float(line.split("common drift ")[1].rstrip("%")) for line in table.splitlines() if "common drift" in line}
     assert code == 0 and len(drifts) == 1 and abs(drifts.pop() - 20) < 2
     slowed = write(tmp_path, "s.json", four({"all": 1.2, "tvm": 1.25}, 3))
-    code, table = gate(slowed, base, 0.10, False, common_mode=True)
+    code, table = gate(slowed, base, 0.10, mode="common")
     assert code == 1 and [line.split()[1] for line in table.splitlines() if "FAIL" in line.split()] == ["tvm"]
-    with pytest.raises(UserError, match="alternatives"):
-        gate(slowed, base, 0.10, True, common_mode=True)
+    with pytest.raises(UserError, match="unknown mode"):
+        gate(slowed, base, 0.10, mode="normalized_common")
+
+
+def test_common_mode_still_fails_a_run_slower_everywhere_past_the_drift_allowance(tmp_path):
+    def four(scale, seed):
+        return report([row(b, 1, 8, base * scale, seed=seed)
+                       for b, base in (("torch", 1.0), ("torchscript", 0.9), ("onnxruntime", 0.4), ("tvm", 0.3))])
+
+    base = write(tmp_path, "b.json", four(1.0, 1))
+    assert gate(write(tmp_path, "d.json", four(1.25, 2)), base, 0.10)[0] == 0  # within the machine's drift
+    code, table = gate(write(tmp_path, "s.json", four(2.0, 3)), base, 0.10)  # the default mode: common
+    assert table.startswith("gate mode: common") and code == 1
+    assert sum("every backend of this shape slower together" in line for line in table.splitlines()) == 4

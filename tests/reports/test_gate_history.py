@@ -1,0 +1,61 @@
+"""`rnnc gate REPORT --history HISTORY`: each row against the noise its own history has shown."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rnnc import history
+from rnnc.errors import UserError
+from rnnc.reports import gate
+from tests.reports.synth import report, row
+
+
+def run(scale: dict[str, float], seed: int, drift: float = 0.0) -> dict:
+    """One run: onnxruntime's median moves ~2% between runs, torch's ~10% (as measured here)."""
+    rng = np.random.default_rng(seed)
+    moves = {"torch": float(np.exp(rng.normal(0, 0.10))), "onnxruntime": float(np.exp(rng.normal(0, 0.02)))}
+    return report([row(b, 1, 8, base * moves[b] * scale.get(b, 1.0) * (1 + drift), seed=seed)
+                   for b, base in (("torch", 1.0), ("onnxruntime", 0.4))])
+
+
+@pytest.fixture
+def past(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    for seed in range(15):
+        history.append(path, run({}, seed))
+    return path
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_rerun_passes_and_a_slowdown_past_the_rows_noise_fails(past, tmp_path):
+    code, table = gate(write(tmp_path, "same.json", run({}, 99)), None, 0.10, history=past)
+    assert code == 0 and table.startswith("gate mode: history") and "band of 15 runs" in table
+    code, table = gate(write(tmp_path, "slow.json", run({"onnxruntime": 1.3}, 98)), None, 0.10, history=past)
+    assert code == 1 and [line.split()[1] for line in table.splitlines() if " FAIL " in line] == ["onnxruntime"]
+    # every backend 30% slower: seen where the history is tight (onnxruntime), not where it is loose
+    code, table = gate(write(tmp_path, "all.json", run({}, 97, drift=0.3)), None, 0.10, history=past)
+    assert code == 1 and "onnxruntime" in table.splitlines()[-1]
+
+
+def test_too_little_history_never_fails(tmp_path):
+    path = str(tmp_path / "h.sqlite")
+    for seed in range(3):
+        history.append(path, run({}, seed))
+    code, table = gate(write(tmp_path, "slow.json", run({"onnxruntime": 2.0}, 9)), None, 0.10, history=path)
+    assert code == 0 and "too few to know its noise" in table
+
+
+def test_uncomparable_history_is_exit_2(past, tmp_path):
+    cuda = run({}, 5)
+    cuda["target"] = "cuda"
+    with pytest.raises(UserError, match="no run of target cuda"):
+        gate(write(tmp_path, "cuda.json", cuda), None, 0.10, history=past)
+    with pytest.raises(UserError, match="alternatives"):
+        gate(write(tmp_path, "x.json", run({}, 5)), write(tmp_path, "y.json", run({}, 6)), 0.10, history=past)
