@@ -4,7 +4,8 @@ float64 reference, and benchmark them honestly.
 The pipeline, one stage per subpackage or module, each importing only the ones before it:
 leaves (`errors`, `records`, `stats`, `host`, `progress`) -> spec and graph (`graphs`) ->
 lowering (`compiler`) -> artifacts (`targets`) -> `verify` -> `pipeline` (compile, open a DIR) ->
-`bench` -> `reports` -> `api` (and this facade) -> `cli`. `tests/test_layering.py` holds the code to that order.
+`bench` -> `history` (runs in a database) -> `reports` -> `api` (and this facade) -> `cli`.
+`tests/test_layering.py` holds the code to that order.
 """
 from __future__ import annotations
 

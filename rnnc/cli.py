@@ -237,6 +237,10 @@ def _bench(args: argparse.Namespace) -> int:
     print(results_table(report))
     for path in report.get("written", []):
         print(f"wrote {path}")
+    if "history_run" in report:
+        from rnnc.history import describe
+
+        print(f"recorded as run #{report['history_run']} in {describe(args.history)}")
     return int(report["exit_code"])
 
 

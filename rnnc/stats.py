@@ -288,10 +288,13 @@ def compare_to_history(history: Sequence[float], new: float, max_regression: flo
                        confidence: float = 0.95) -> Comparison:
     """A new median against the medians earlier runs of the same row have shown (Bencher's design).
 
-    The ratio is to the history's median; its interval is a prediction interval from the
-    history's own run-to-run spread: a robust sigma of the log medians (1.4826 x their MAD, so a
-    few outlying runs do not widen it), times sqrt(1 + 1/n) for a new draw. The verdict is
-    `compare`'s: a failure needs the interval's low end above 1 + max_regression.
+    The ratio is to the history's median; its interval is Student's prediction interval for one
+    more draw from the history's own run-to-run spread: the standard deviation s of the log
+    medians, t(n-1) x s x sqrt(1 + 1/n). The standard deviation, not a robust one, on purpose:
+    this machine's drift comes in episodes (a whole run 10-20% slower), a heavy tail that a MAD
+    would cut off and then cry wolf at the next episode; the runs before a real step are left
+    out by the caller (the change points). The verdict is `compare`'s: a failure needs the
+    interval's low end above 1 + max_regression.
     """
     if max_regression <= 0:
         raise ValueError(f"max_regression must be > 0, got {max_regression}")
@@ -304,11 +307,12 @@ def compare_to_history(history: Sequence[float], new: float, max_regression: flo
     ratio = math.exp(math.log(new) - center)
     if logs.size < MIN_SAMPLES:
         return Comparison(ratio, math.nan, math.nan, math.nan, "unknown", int(logs.size), 1)
-    from scipy.stats import norm
+    from scipy.stats import t as student
 
-    sigma = 1.4826 * float(np.median(np.abs(logs - center))) * math.sqrt(1 + 1 / logs.size)
-    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    n = logs.size
+    sigma = float(np.std(logs, ddof=1)) * math.sqrt(1 + 1 / n)
+    z = float(student.ppf(1 - (1 - confidence) / 2, n - 1))
     shift = math.log(ratio)
     lo, hi = math.exp(shift - z * sigma), math.exp(shift + z * sigma)
-    p = float(norm.sf(shift / sigma)) if sigma > 0 else (0.0 if shift > 0 else 1.0)
+    p = float(student.sf(shift / sigma, n - 1)) if sigma > 0 else (0.0 if shift > 0 else 1.0)
     return Comparison(ratio, lo, hi, p, _verdict(lo, hi, max_regression), int(logs.size), 1)

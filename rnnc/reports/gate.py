@@ -323,7 +323,7 @@ def format_changes(changes: list[RowChange], max_regression: float, mode: str, c
                if code else f"gate passed: no row slower than {max_regression:.0%} beyond its noise")
     return "\n".join([f"gate mode: {mode} ({MODE_NAMES[mode]})", "",
                       text_table(header, rows, right=range(2, 10)), "",
-                      f"{len(changes)} rows: {summary}", verdict])
+                      f"{verdict}; {len(changes)} rows: {summary}"])
 
 
 def _why(c: RowChange, max_regression: float) -> str:

@@ -99,6 +99,7 @@ def plot(runs: list[HistoryRun], found: list[Trend], path: Path) -> Path:
     backends = list(dict.fromkeys(t.key[1] for t in found))
     few = len(runs) <= FEW_RUNS
     for ax, ((model, batch, seq), group) in zip(axes.flat, panels.items()):
+        labels_at: dict[float, int] = {}  # steps of several backends at one run: labels stacked
         for t in group:
             color = _COLORS.get(t.key[1], f"C{4 + backends.index(t.key[1]) % 6}")
             x = [run.run_id for run, _ in t.points]
@@ -110,9 +111,11 @@ def plot(runs: list[HistoryRun], found: list[Trend], path: Path) -> Path:
                 before, after = t.around(step)
                 at = (before.run_id + after.run_id) / 2
                 ax.axvline(at, color=color, linestyle="--", linewidth=1)
-                ax.annotate(f"{step.change:+.1%}", (at, 1.0), xycoords=("data", "axes fraction"),
-                            xytext=(3, -3), textcoords="offset points", ha="left", va="top", color=color,
-                            fontsize=9, fontweight="bold")
+                stacked = labels_at.get(at, 0)
+                labels_at[at] = stacked + 1
+                ax.annotate(f"{t.key[1]} {step.change:+.1%}", (at, 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(3, -3 - 11 * stacked), textcoords="offset points", ha="left", va="top",
+                            color=color, fontsize=8, fontweight="bold")
         ax.set_title(f"{model}, batch {batch}, seq {seq}", fontsize=10)
         ax.set_ylabel("median ms")
         ax.grid(True, alpha=0.3)
@@ -125,7 +128,8 @@ def plot(runs: list[HistoryRun], found: list[Trend], path: Path) -> Path:
         ax.set_xlabel("run")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{summary(runs, found)}: median per run, interquartile range shaded, steps dashed")
+    fig.suptitle(f"{summary(runs, found)}\nmedian per run, interquartile range shaded, steps dashed",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

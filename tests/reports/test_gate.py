@@ -170,3 +170,17 @@ def test_common_mode_still_fails_a_run_slower_everywhere_past_the_drift_allowanc
     code, table = gate(write(tmp_path, "s.json", four(2.0, 3)), base, 0.10)  # the default mode: common
     assert table.startswith("gate mode: common") and code == 1
     assert sum("every backend of this shape slower together" in line for line in table.splitlines()) == 4
+
+
+def test_mode_flags(tmp_path, cli):
+    base, new = write(tmp_path, "b.json", standard(seed=1)), write(tmp_path, "n.json", standard(seed=2))
+    code, out, err = cli("gate", new, "--baseline", base, "--mode", "plain")
+    assert code == 0 and out.startswith("gate mode: plain")
+    code, out, err = cli("gate", new, "--baseline", base, "--normalize")
+    assert code == 0 and out.startswith("gate mode: normalized")
+    code, out, err = cli("gate", new, "--baseline", base, "--mode", "plain", "--common-mode")
+    assert code == 2 and "alternatives" in err
+    code, out, err = cli("gate", new, "--baseline", base, "--mode", "bogus")
+    assert code == 2 and "unknown mode 'bogus'" in err and err.count("\n") == 1
+    code, out, err = cli("gate", new)
+    assert code == 2 and "give --baseline" in err

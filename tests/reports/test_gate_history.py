@@ -59,3 +59,51 @@ def test_uncomparable_history_is_exit_2(past, tmp_path):
         gate(write(tmp_path, "cuda.json", cuda), None, 0.10, history=past)
     with pytest.raises(UserError, match="alternatives"):
         gate(write(tmp_path, "x.json", run({}, 5)), write(tmp_path, "y.json", run({}, 6)), 0.10, history=past)
+
+
+def test_bad_histories_are_one_line_and_exit_2(past, tmp_path, cli):
+    import socket
+    import time
+
+    new = write(tmp_path, "new.json", run({}, 99))
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"\x00not a database at all" * 100)
+    code, out, err = cli("gate", new, "--history", corrupt)
+    assert code == 2 and err.count("\n") == 1 and "not an SQLite database" in err
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.perf_counter()
+    code, out, err = cli("gate", new, "--history", f"postgresql://rnnc@127.0.0.1:{port}/h")
+    assert code == 2 and err.count("\n") == 1 and "cannot connect" in err and time.perf_counter() - started < 5
+    other = run({}, 7)
+    for r in other["rows"]:
+        r["model"] = "another"
+    other["models"] = {"another": other["models"]["m"]}
+    code, out, err = cli("gate", write(tmp_path, "other.json", other), "--history", past)
+    assert code == 2 and err.count("\n") == 1 and "nothing to compare" in err
+    code, out, err = cli("gate", new, "--history", past, "--baseline", new)
+    assert code == 2 and "alternatives" in err
+
+
+def test_bench_refuses_an_unreachable_history_before_the_sweep(write_spec, tmp_path, cli):
+    from tests.conftest import make_spec
+
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"garbage" * 1000)
+    code, out, err = cli("bench", write_spec(make_spec()), "--backends", "torch", "--history", corrupt,
+                         "--out", tmp_path / "b")
+    assert code == 2 and "not an SQLite database" in err and not (tmp_path / "b").exists()
+
+
+def test_a_server_that_never_answers_is_refused_within_seconds(tmp_path, cli):
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts the TCP connection (the kernel does), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        started = time.perf_counter()
+        code, out, err = cli("gate", write(tmp_path, "new.json", run({}, 1)), "--history",
+                             f"postgresql://rnnc@127.0.0.1:{silent.getsockname()[1]}/h")
+    assert code == 2 and err.count("\n") == 1 and "timeout" in err and time.perf_counter() - started < 8
