@@ -92,6 +92,15 @@ def host_target() -> dict[str, Any]:
     return {"kind": "llvm", "mcpu": mcpu} if mcpu else {"kind": "llvm"}
 
 
+def vector_bits(target: dict[str, Any]) -> int:
+    """The widest vector registers the llvm target has: 512 (AVX-512), 256 (AVX2), else 128."""
+    import tvm
+    from tvm.target import codegen
+
+    features = set(codegen.llvm_get_cpu_features(tvm.target.Target(target)))
+    return 512 if "avx512f" in features else 256 if "avx2" in features else 128
+
+
 def host_record(target: dict[str, Any]) -> dict[str, Any]:
     """What the manifest keeps about the build machine and the ISA the library needs."""
     import tvm

@@ -24,9 +24,20 @@ import numpy as np
 import onnx
 
 from rnnc.compiler.tvm.lower import lower
-from rnnc.compiler.tvm.spec import Tuning
+from rnnc.compiler.tvm.spec import Tuning, default_tiles
 
-CANDIDATES = [Tuning(), Tuning(4, 4), Tuning(4, 6), Tuning(6, 4), Tuning(2, 4), Tuning(3, 6), Tuning(5, 6)]
+# searched in this order after the target's default; wide tiles suit AVX-512, narrow ones AVX2
+CANDIDATES = [Tuning(), Tuning(4, 4), Tuning(4, 6), Tuning(6, 4), Tuning(2, 4), Tuning(3, 6), Tuning(5, 6),
+              Tuning(1, 1), Tuning(3, 1), Tuning(1, 2), Tuning(6, 1), Tuning(2, 1), Tuning(2, 2)]
+
+
+def untuned(target: str, tvm_target: dict[str, Any]) -> Tuning:
+    """The tiles of a build without tuning: by the CPU's vector width (`spec.default_tiles`)."""
+    if target != "cpu":
+        return Tuning()
+    from rnnc.compiler.tvm.target import vector_bits
+
+    return default_tiles(vector_bits(tvm_target))
 
 
 def cache_dir(options: dict[str, Any]) -> Path | None:
@@ -63,8 +74,8 @@ def choose(model: Any, target: str, tvm_target: dict[str, Any],
         except (ValueError, KeyError, TypeError):
             pass  # a damaged record is searched again
     if budget <= 0 or target != "cpu":
-        return Tuning(), {"source": "default", "key": k}
-    best, trials = search(model, tvm_target, budget)
+        return untuned(target, tvm_target), {"source": "default", "key": k}
+    best, trials = search(model, tvm_target, budget, untuned(target, tvm_target))
     if path is not None:
         rec = {"tuning": best[0].as_dict(), "measured_ms": best[1], "trials": trials, "key": k}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +85,8 @@ def choose(model: Any, target: str, tvm_target: dict[str, Any],
     return best[0], {"source": "search", "key": k, "measured_ms": best[1], "trials": len(trials)}
 
 
-def search(model: Any, tvm_target: dict[str, Any], budget: float) -> tuple[tuple[Tuning, float], list[dict[str, Any]]]:
+def search(model: Any, tvm_target: dict[str, Any], budget: float,
+           first: Tuning | None = None) -> tuple[tuple[Tuning, float], list[dict[str, Any]]]:
     import tvm
     from tvm import relax
 
@@ -84,7 +96,7 @@ def search(model: Any, tvm_target: dict[str, Any], budget: float) -> tuple[tuple
     deadline = time.perf_counter() + budget
     trials: list[dict[str, Any]] = []
     best: tuple[Tuning, float] | None = None
-    for cand in CANDIDATES:
+    for cand in dict.fromkeys(([first] if first else []) + CANDIDATES):
         if time.perf_counter() > deadline and best is not None:
             break
         ex = tvm.compile(lower(model.onnx, "llvm", cand).module, tvm.target.Target(tvm_target))
