@@ -12,8 +12,9 @@ baseline x86-64 ISA instead of this CPU's (DIR slow: a real, deliberately slower
    three ways; then A/B sweeps of DIR slow against DIR a, which must fail naming TVM's rows.
 
 (The smallest tiles, the issue's first idea of a slower build, measured 14-35% *faster* than the
-default tiles on this VM, which shows LLVM an AVX2-only CPU (znver1); the defaults were chosen on
-an AVX-512 machine. `--reuse` keeps the reports of an earlier run into the same --out.)
+then default tiles on this VM, which shows LLVM an AVX2-only CPU (znver1): they are now the
+default on such CPUs, `spec.default_tiles`. `--reuse` keeps the reports of an earlier run into the
+same --out.)
 
 A mode that cannot see a change is listed as such; the figures are the counts of exit codes.
 
