@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     past = history.load(str(store))
 
     results: dict[str, dict[str, list[int]]] = {}
-    every = [b for b in backends]
+    every = list(backends)
     for i, path in enumerate(runs[1:], start=1):
         for case, slowed in (("unchanged", []), ("one backend", [args.slow]), ("all", every)):
             new = _scaled(path, slowed, args.factor, out / "scaled" / f"run{i}-{len(slowed)}.json")

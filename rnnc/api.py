@@ -163,6 +163,7 @@ def bench(source: str | Path, target: str = "cpu", backends: Sequence[str] | Non
     report appended to that history. Returns the report with `exit_code` and `written`."""
     if history is not None:
         from rnnc import history as runs
+        from rnnc.records.report import load_report
 
         runs.check_reachable(history)  # a bad URL is refused before the sweep, not after it
     report = run_bench(source, target, list(backends) if backends is not None else list(targets.names()),
@@ -172,9 +173,6 @@ def bench(source: str | Path, target: str = "cpu", backends: Sequence[str] | Non
         against = path.parent / report["ab"]["against"] if report.get("ab") else None
         written = render(path, against, path.parent)
         report["written"] += [str(p) for p in written]
-    if history is not None:
-        from rnnc import history as runs
-        from rnnc.records.report import load_report
-
+    if history is not None:  # what was written, read back: the history keeps exactly the file
         report["history_run"] = runs.append(history, load_report(Path(report["report_path"])))
     return report

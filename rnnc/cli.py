@@ -256,15 +256,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _revision() -> str | None:
     """The revision a history records for this run: the checkout the command runs in, else CI's."""
-    import subprocess
+    from rnnc import host
 
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    sha = os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
+    sha = host.git_revision(Path.cwd()) or os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
     return sha[:12] if sha else None
 
 

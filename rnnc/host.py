@@ -51,9 +51,9 @@ def gpu() -> str | None:
         return None
 
 
-def git_revision() -> str | None:
-    """The project's git revision when run from a checkout."""
-    root = Path(__file__).resolve().parent.parent
+def git_revision(root: Path | None = None) -> str | None:
+    """The git revision of the checkout at `root` (default: rnnc's own, when run from one)."""
+    root = root if root is not None else Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5)

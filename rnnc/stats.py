@@ -184,11 +184,28 @@ def compare_common_mode(
     resamples: int = 2000,
     seed: int = 0,
 ) -> tuple[dict[str, Comparison], float]:
+    """`common_mode`'s comparisons, and the shared drift as a plain ratio."""
+    cmps, drift = common_mode(base, new, max_regression, confidence=confidence, resamples=resamples, seed=seed)
+    return cmps, drift.ratio
+
+
+def common_mode(
+    base: dict[str, Sequence[float]],
+    new: dict[str, Sequence[float]],
+    max_regression: float,
+    max_drift: float = math.inf,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[dict[str, Comparison], Comparison]:
     """`compare` for backends measured interleaved on the same shape, after dividing out the
     change they share: each one's ratio of medians over the median of all their ratios (the
-    common drift, also returned). Drift of the machine between two runs hits the interleaved
-    backends together and cancels; a regression of one backend does not move the median of three
-    or more. A change that slows every backend alike is invisible here, by construction.
+    common drift). Drift of the machine between two runs hits the interleaved backends together
+    and cancels; a regression of one backend does not move the median of three or more. A change
+    that slows every backend alike is invisible here, by construction, unless it is past
+    `max_drift`: the drift is returned as a `Comparison` of its own (with its bootstrap interval),
+    "fail" when even its low end is past 1 + max_drift, a bound larger than any drift the machine
+    has shown.
 
     The drift is not the same for every backend: between reruns here torch and torchscript moved
     +25% while onnxruntime and tvm did not. So each interval also holds the spread of the backends'
@@ -197,43 +214,12 @@ def compare_common_mode(
     leaves the MAD of the others small and stands out.
     """
     names = list(base)
-    if max_regression <= 0:
-        raise ValueError(f"max_regression must be > 0, got {max_regression}")
-    point, boot = _ratio_boots(base, new, resamples, seed)
-    drift = float(np.median(list(point.values())))
-    drift_boot = np.median(np.stack([boot[n] for n in names]), axis=0)
-    alpha = (1 - confidence) / 2
-    # how far the backends' own drifts spread around the shared one (robust: one backend that
-    # regressed does not move the MAD of three or more); added to each interval in quadrature
-    spread = 1.4826 * float(np.median([abs(math.log(point[n] / drift)) for n in names]))
-    z = float(np.sqrt(2) * _erfinv(confidence))
-    out = {}
-    for name in names:
-        b, n = _values(base[name]), _values(new[name])
-        lo, hi = np.percentile(boot[name] / drift_boot, [100 * alpha, 100 * (1 - alpha)])
-        mid = math.log(point[name] / drift)
-        lo = math.exp(mid - math.hypot(mid - math.log(lo), z * spread))
-        hi = math.exp(mid + math.hypot(math.log(hi) - mid, z * spread))
-        if b.size < MIN_SAMPLES or n.size < MIN_SAMPLES:
-            out[name] = Comparison(point[name] / drift, math.nan, math.nan, math.nan, "unknown", b.size, n.size)
-            continue
-        out[name] = Comparison(point[name] / drift, float(lo), float(hi), mann_whitney_p(b, n / drift),
-                               _verdict(float(lo), float(hi), max_regression), b.size, n.size)
-    return out, drift
-
-
-def _erfinv(p: float) -> float:
-    from scipy.special import erfinv
-
-    return float(erfinv(p))
-
-
-def _ratio_boots(base: dict[str, Sequence[float]], new: dict[str, Sequence[float]], resamples: int,
-                 seed: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Each backend's ratio of medians (new / base) and its bootstrap replicates."""
-    names = list(base)
+    if max_regression <= 0 or max_drift <= 0:
+        raise ValueError(f"max_regression and max_drift must be > 0, got {max_regression}, {max_drift}")
     if sorted(names) != sorted(new) or len(names) < 3:
         raise ValueError("need the same three or more backends on both sides")
+    from scipy.stats import norm
+
     rng = np.random.default_rng(seed)
     point, boot = {}, {}
     for name in names:
@@ -241,32 +227,32 @@ def _ratio_boots(base: dict[str, Sequence[float]], new: dict[str, Sequence[float
         point[name] = float(np.median(n) / np.median(b))
         boot[name] = (np.median(n[rng.integers(0, n.size, size=(resamples, n.size))], axis=1)
                       / np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1))
-    return point, boot
-
-
-def shared_drift(
-    base: dict[str, Sequence[float]],
-    new: dict[str, Sequence[float]],
-    max_change: float,
-    confidence: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> Comparison:
-    """The change three or more interleaved backends share (the median of their ratios), with its
-    bootstrap interval; "fail" when even its low end is past 1 + max_change. The common-mode gate
-    divides this out; judged on its own against a bound larger than any drift the machine has
-    shown, it still catches a change that slows every backend far beyond the machine's drift."""
-    if max_change <= 0:
-        raise ValueError(f"max_change must be > 0, got {max_change}")
-    point, boot = _ratio_boots(base, new, resamples, seed)
     drift = float(np.median(list(point.values())))
-    drift_boot = np.median(np.stack(list(boot.values())), axis=0)
+    drift_boot = np.median(np.stack([boot[n] for n in names]), axis=0)
     alpha = (1 - confidence) / 2
-    lo, hi = (float(v) for v in np.percentile(drift_boot, [100 * alpha, 100 * (1 - alpha)]))
+    # how far the backends' own drifts spread around the shared one (robust: one backend that
+    # regressed does not move the MAD of three or more); added to each interval in quadrature
+    spread = 1.4826 * float(np.median([abs(math.log(point[n] / drift)) for n in names]))
+    z = float(norm.ppf(1 - alpha))
     n_base, n_new = min(len(v) for v in base.values()), min(len(v) for v in new.values())
+    out = {}
+    for name in names:
+        b, n = _values(base[name]), _values(new[name])
+        if b.size < MIN_SAMPLES or n.size < MIN_SAMPLES:
+            out[name] = Comparison(point[name] / drift, math.nan, math.nan, math.nan, "unknown", b.size, n.size)
+            continue
+        lo, hi = np.percentile(boot[name] / drift_boot, [100 * alpha, 100 * (1 - alpha)])
+        mid = math.log(point[name] / drift)
+        lo = math.exp(mid - math.hypot(mid - math.log(lo), z * spread))
+        hi = math.exp(mid + math.hypot(math.log(hi) - mid, z * spread))
+        out[name] = Comparison(point[name] / drift, lo, hi, mann_whitney_p(b, n / drift),
+                               _verdict(lo, hi, max_regression), b.size, n.size)
     if n_base < MIN_SAMPLES or n_new < MIN_SAMPLES:
-        return Comparison(drift, math.nan, math.nan, math.nan, "unknown", n_base, n_new)
-    return Comparison(drift, lo, hi, math.nan, _verdict(lo, hi, max_change), n_base, n_new)
+        shared = Comparison(drift, math.nan, math.nan, math.nan, "unknown", n_base, n_new)
+    else:
+        lo, hi = (float(v) for v in np.percentile(drift_boot, [100 * alpha, 100 * (1 - alpha)]))
+        shared = Comparison(drift, lo, hi, math.nan, _verdict(lo, hi, max_drift), n_base, n_new)
+    return out, shared
 
 
 def compare_quartiles(

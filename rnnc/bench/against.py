@@ -33,11 +33,14 @@ SUFFIX = " (against)"  # the old side's name in the interleaved rounds
 
 @dataclass
 class OldSide:
-    """The old compiled DIR of one model, its runners and its half of the A/B report."""
+    """The old compiled DIR of one model, its runners, and the half of the A/B report its rows go
+    to (`report`, written to `path`)."""
 
     model: Model
     manifest: Manifest
     model_dir: Path
+    report: dict[str, Any]
+    path: Path
     runners: dict[str, Any] = field(default_factory=dict)
     not_run: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -74,18 +77,18 @@ def resolve(against: Path) -> dict[str, Path]:
                     f"bench folder (no report.json)")
 
 
-def open_old(dirs: dict[str, Path], model: Model, target: str) -> OldSide | None:
-    """The old side of `model`, checked to be the same model; None when `--against` lacks it."""
+def open_old(dirs: dict[str, Path], model: Model, target: str, report: dict[str, Any], path: Path) -> OldSide:
+    """The old side of `model`, checked to be the same model, its rows going to `report`."""
     old_dir = dirs.get(model.name)
     if old_dir is None:
-        return None
+        raise UserError(f"--against: no build of model {model.name!r} there (it holds {', '.join(sorted(dirs))})")
     manifest, old_model = pipeline.open_dir(old_dir)
     pipeline.check_target(old_dir, manifest, target)
     mine, theirs = fingerprint(model), fingerprint(old_model)
     if mine != theirs:
         raise UserError(f"--against {old_dir}: model {model.name!r} differs from the one benched "
                         f"(fingerprint {theirs} vs {mine}): an A/B bench compares two builds of one model")
-    return OldSide(old_model, manifest, old_dir)
+    return OldSide(old_model, manifest, old_dir, report, path)
 
 
 def new_run_id() -> str:
@@ -94,5 +97,4 @@ def new_run_id() -> str:
 
 def half_report(report: dict[str, Any], run: str) -> dict[str, Any]:
     """The old side's report: the new one's environment, settings and calibration, its own rows."""
-    return {**report, "models": {}, "rows": [], "ab": {"run": run, "role": AGAINST},
-            "calibration": report["calibration"]}
+    return {**report, "models": {}, "rows": [], "ab": {"run": run, "role": AGAINST}}  # calibration: one dict

@@ -116,13 +116,10 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
         _record_model(report, model, manifest, model_dir, src.path, out_dir)
         old = None
         if pair is not None:
-            old = ab.open_old(pair[1], model, target)
-            if old is None:
-                held = ", ".join(sorted(pair[1]))
-                raise UserError(f"--against: no build of model {model.name!r} there (it holds {held})")
-            _record_model(pair[0], old.model, old.manifest, old.model_dir, old.model_dir, old_path.parent)
+            old = ab.open_old(pair[1], model, target, pair[0], old_path)
+            _record_model(old.report, old.model, old.manifest, old.model_dir, old.model_dir, old_path.parent)
         _sweep_model(report, report_path, model, manifest, model_dir, target, backends, shapes, settings,
-                     check, extra_work, seed, bar, threads, old and (old, pair[0], old_path))
+                     check, extra_work, seed, bar, threads, old)
     bar.close()
     report["finished"] = True
     schema.write_atomic(report_path, report)
@@ -215,16 +212,14 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
                  model_dir: Path, target: str, backends: list[str], shapes: list[tuple[int, int]],
                  settings: measure.Settings, check: bool, extra_work: dict[str, float], seed: int,
                  bar: SweepProgress, threads: int | None,
-                 old: tuple[ab.OldSide, dict[str, Any], Path] | None = None) -> None:
+                 old: ab.OldSide | None = None) -> None:
     have = {schema.row_key(r) for r in report["rows"]}
     todo = {(b, s): [n for n in backends if (model.name, n, b, s) not in have] for b, s in shapes}
     bar.skip(sum(len(backends) - len(v) for v in todo.values()))
     needed = {n for names in todo.values() for n in names}
     runners, not_run = _load_runners(manifest, model_dir, backends, needed, target, threads)
     if old is not None:
-        side = old[0]
-        side.runners, side.not_run = _load_runners(side.manifest, side.model_dir, backends, needed, target,
-                                                   threads)
+        old.runners, old.not_run = _load_runners(old.manifest, old.model_dir, backends, needed, target, threads)
     calibration = measure.calibration_workload()
     for (batch, seq), names in todo.items():
         if not names:
@@ -232,11 +227,7 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
         bar.show(f"{model.name} batch {batch} seq {seq}")
         started = time.perf_counter()
         rows = [_not_run_row(model.name, n, batch, seq, *not_run[n]) for n in names if n in not_run]
-        old_runners = {}
-        if old is not None:
-            old_rows = [_not_run_row(model.name, n, batch, seq, *old[0].not_run[n]) for n in names
-                        if n in old[0].not_run]
-            old_runners = {n + ab.SUFFIX: old[0].runners[n] for n in names if n in old[0].runners}
+        old_runners = {n + ab.SUFFIX: old.runners[n] for n in names if n in old.runners} if old else {}
         measured = _measure_shape(model, {n: runners[n] for n in names if n in runners} | old_runners, batch,
                                   seq, settings, check, extra_work, seed, calibration, report)
         rows += [r for r in measured if not r.backend.endswith(ab.SUFFIX)]
@@ -244,11 +235,12 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
         report["rows"].sort(key=_row_order(report))
         schema.write_atomic(report_path, report)
         if old is not None:
+            old_rows = [_not_run_row(model.name, n, batch, seq, *old.not_run[n]) for n in names if n in old.not_run]
             old_rows += [r.model_copy(update={"backend": r.backend.removesuffix(ab.SUFFIX)}) for r in measured
                          if r.backend.endswith(ab.SUFFIX)]
-            old[1]["rows"] += [_with_precision(r, old[0].manifest).to_json() for r in old_rows]
-            old[1]["rows"].sort(key=_row_order(old[1]))
-            schema.write_atomic(old[2], old[1])
+            old.report["rows"] += [_with_precision(r, old.manifest).to_json() for r in old_rows]
+            old.report["rows"].sort(key=_row_order(old.report))
+            schema.write_atomic(old.path, old.report)
         bar.measured(len(names), time.perf_counter() - started)
     bar.show(f"{model.name} done")
 

@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from rnnc.errors import UserError
+from rnnc.graphs.walk import subgraphs
 
 # nodes never folded: their value is not a function of their inputs
 _UNFOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -191,10 +192,9 @@ def _fold_graph(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], opse
                     if name:
                         _add(graph, consts, name, value)
                 continue
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _fold_graph(sub, consts, opsets, constants)
-                drop_unused(sub)
+        for sub in subgraphs(node):
+            _fold_graph(sub, consts, opsets, constants)
+            drop_unused(sub)
         kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
@@ -263,7 +263,6 @@ def _reads(graph: onnx.GraphProto) -> set[str]:
     names: set[str] = set()
     for node in graph.node:
         names.update(i for i in node.input if i)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                names |= _reads(sub) | {o.name for o in sub.output}
+        for sub in subgraphs(node):
+            names |= _reads(sub) | {o.name for o in sub.output}
     return names

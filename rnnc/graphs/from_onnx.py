@@ -10,7 +10,6 @@ graph with the same functions.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from rnnc.graphs.model import Arrays, Model, TensorInfo
 from rnnc.graphs.onnx_rewrite import replace_field, runnable_graph
 from rnnc.graphs.onnx_shapes import DTYPES, RECURRENT, output_infos, shape_inputs
 from rnnc.graphs.state import state_pairs
-from rnnc.graphs.walk import all_nodes
+from rnnc.graphs.walk import all_graphs, all_nodes
 
 SOURCE_FILE = "source.onnx"
 MIN_OPSET = 7
@@ -117,17 +116,9 @@ def _drawable(inputs: list[TensorInfo], lengths: set[str]) -> None:
 
 def _float_type(proto: onnx.ModelProto) -> str:
     """float16 where the model's weights or inputs are float16 (a half-precision export)."""
-    halves = any(t.data_type == TensorProto.FLOAT16 for g in _graphs(proto.graph) for t in g.initializer) or any(
+    halves = any(t.data_type == TensorProto.FLOAT16 for g in all_graphs(proto.graph) for t in g.initializer) or any(
         v.type.tensor_type.elem_type == TensorProto.FLOAT16 for v in proto.graph.input)
     return "float16" if halves else "float32"
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from _graphs(sub)
 
 
 def normal_shapes(shapes: dict[str, Any] | None) -> dict[str, tuple[int, ...]]:

@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper
 from rnnc.graphs import reference
 from rnnc.graphs.bind import drop_unused, fold_constants
 from rnnc.graphs.onnx_shapes import RECURRENT
+from rnnc.graphs.walk import subgraphs
 
 
 def runnable_graph(proto: onnx.ModelProto, renames: dict[str, str], input_dims: dict[str, tuple]
@@ -75,9 +76,8 @@ def _recurrent_forms(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto])
             weights[node.output[0]] = node.attribute[0].t
     nodes = []
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _recurrent_forms(sub, weights)
+        for sub in subgraphs(node):
+            _recurrent_forms(sub, weights)
         if node.op_type not in RECURRENT:
             nodes.append(node)
             continue

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rnnc.errors import UserError
 from rnnc.graphs.model import TensorInfo
+from rnnc.graphs.walk import all_graphs
 
 RECURRENT = ("LSTM", "GRU", "RNN")
 # element types an input or output may have: every numeric type numpy holds, and bool
@@ -169,11 +170,11 @@ def _batch_seq_axes(tagged: onnx.ModelProto) -> tuple[dict[str, str], dict[str, 
         inferred = onnx.shape_inference.infer_shapes(tagged, data_prop=True)
     except Exception:  # noqa: BLE001 - no inference means no symbols to follow, not an error
         inferred = tagged
-    shapes = {v.name: v.type.tensor_type.shape for g in _graphs(inferred.graph)
+    shapes = {v.name: v.type.tensor_type.shape for g in all_graphs(inferred.graph)
               for v in list(g.input) + list(g.value_info) + list(g.output)}
     roles: dict[str, str] = {}
     static: dict[str, int] = {}
-    for node in (n for g in _graphs(inferred.graph) for n in g.node):
+    for node in (n for g in all_graphs(inferred.graph) for n in g.node):
         if node.op_type not in RECURRENT or node.input[0] not in shapes:
             continue
         dims = shapes[node.input[0]].dim
@@ -189,19 +190,9 @@ def _batch_seq_axes(tagged: onnx.ModelProto) -> tuple[dict[str, str], dict[str, 
     return roles, static
 
 
-def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    """`graph` and every subgraph in it (If branches, Loop and Scan bodies)."""
-    found = [graph]
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                found.extend(_graphs(sub))
-    return found
-
-
 def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {t.name: numpy_helper.to_array(t) for g in _graphs(proto.graph) for t in g.initializer}
-    for g in _graphs(proto.graph):
+    values = {t.name: numpy_helper.to_array(t) for g in all_graphs(proto.graph) for t in g.initializer}
+    for g in all_graphs(proto.graph):
         for node in g.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
@@ -216,7 +207,7 @@ def _aliases(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> di
     reshapes, and into a Loop body as the initial value of a loop-carried variable (a generation
     loop's start token indexes the embedding inside the body)."""
     alias = {n: n for n in inputs}
-    for g in _graphs(proto.graph):  # enclosing graphs come before the subgraphs they hold
+    for g in all_graphs(proto.graph):  # enclosing graphs come before the subgraphs they hold
         for node in g.node:
             if node.op_type in _PASSES_VALUES and node.input and node.input[0] in alias:
                 alias[node.output[0]] = alias[node.input[0]]
@@ -238,7 +229,7 @@ def _token_bounds(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]
     alias = _aliases(proto, inputs)
     high: dict[str, int] = {}
     low: dict[str, int] = {}
-    for node in (n for g in _graphs(proto.graph) for n in g.node):
+    for node in (n for g in all_graphs(proto.graph) for n in g.node):
         if node.op_type not in ("Gather", "GatherElements") or len(node.input) < 2 or node.input[1] not in alias:
             continue
         root = alias[node.input[1]]
@@ -266,7 +257,7 @@ def _compared_values(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]
     consts = _constants(proto)
     alias = _aliases(proto, inputs)
     found: dict[str, set[int]] = {}
-    for node in (n for g in _graphs(proto.graph) for n in g.node):
+    for node in (n for g in all_graphs(proto.graph) for n in g.node):
         if node.op_type == "Loop" and node.input and node.input[0] in alias:
             found.setdefault(alias[node.input[0]], set()).update(LOOP_COUNTS)
         if node.op_type not in _COMPARISONS or len(node.input) != 2:
@@ -280,7 +271,7 @@ def _compared_values(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]
 
 
 def _length_inputs(proto: onnx.ModelProto, inputs: dict[str, tuple[str, tuple]]) -> list[str]:
-    return sorted({n.input[4] for g in _graphs(proto.graph) for n in g.node
+    return sorted({n.input[4] for g in all_graphs(proto.graph) for n in g.node
                    if n.op_type in RECURRENT and len(n.input) > 4 and n.input[4] in inputs})
 
 

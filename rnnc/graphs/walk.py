@@ -13,6 +13,14 @@ def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
             for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
 
 
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph in it, each enclosing graph before the subgraphs it holds."""
+    yield graph
+    for node in graph.node:
+        for sub in subgraphs(node):
+            yield from all_graphs(sub)
+
+
 def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node of `graph` and of its subgraphs, depth first."""
     for node in graph.node:

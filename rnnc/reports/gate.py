@@ -11,7 +11,7 @@ moved 10-28% together, while the calibration matmul measured in the same rounds 
   interleaved rounds, so the drift fell on both sides alike; each row is judged on its samples
   (bootstrap of the ratio of medians). Sees every change of the builds, one backend's or all.
 - `common` (a baseline from an earlier run): each backend's ratio over the median ratio of the
-  three or more backends measured interleaved on its shape (`stats.compare_common_mode`). The
+  three or more backends measured interleaved on its shape (`stats.common_mode`). The
   drift cancels, and so does a change that slows every backend alike, unless that shared change is
   past `DRIFT_ALLOWANCE` (30%: the largest shared drift measured between reruns here was +20%)
   on top of the threshold: a 2x slower run still fails. Shapes with fewer backends fall back to
@@ -207,12 +207,16 @@ def compare_history(report: dict[str, Any], runs: list[hist.HistoryRun], max_reg
     if runs and not same:
         raise UserError(f"the history holds no run of target {target} with threads={threads} "
                         f"({len(runs)} runs of other settings): nothing to compare")
+    points: dict[schema.RowKey, list[tuple[str | None, float]]] = {}  # one pass over the history
+    for run in same:
+        for h in run.rows:
+            if h.status == "ok" and h.median_ms:
+                points.setdefault(h.key, []).append((run.fingerprints.get(h.model), h.median_ms))
     changes = []
     for row in report["rows"]:
         key = schema.row_key(row)
         fp = (report["models"].get(key[0]) or {}).get("fingerprint")
-        medians = [h.median_ms for run in same if not fp or run.fingerprints.get(key[0]) in (None, fp)
-                   for h in run.rows if h.key == key and h.status == "ok" and h.median_ms]
+        medians = [m for run_fp, m in points.get(key, []) if not fp or run_fp in (None, fp)]
         if row["status"] != "ok":
             verdict = "BROKEN" if row["status"] == "failed" and medians else "not run"
             changes.append(RowChange(key, None, None, None, verdict, row.get("reason") or row["status"]))
@@ -256,8 +260,7 @@ def _common_mode(base_rows: dict[schema.RowKey, Any], new_rows: dict[schema.RowK
             continue
         base = {k[1]: base_rows[k]["samples_ms"] for k in keys}
         new = {k[1]: new_rows[k]["samples_ms"] for k in keys}
-        cmps, _ = stats.compare_common_mode(base, new, max_regression)
-        drift = stats.shared_drift(base, new, (1 + max_regression) * (1 + DRIFT_ALLOWANCE) - 1)
+        cmps, drift = stats.common_mode(base, new, max_regression, (1 + max_regression) * (1 + DRIFT_ALLOWANCE) - 1)
         out.update({k: (cmps[k[1]], drift) for k in keys})
     return out
 
@@ -279,7 +282,7 @@ def _change(key: schema.RowKey, b: dict[str, Any] | None, n: dict[str, Any] | No
         if b.get("has_samples", True) and n.get("has_samples", True):
             cmp = stats.compare(b["samples_ms"], n["samples_ms"], max_regression, base_unit=units[0],
                                 new_unit=units[1])
-            verdict = {"fail": "FAIL", "unknown": "?"}.get(cmp.verdict, cmp.verdict)
+            verdict = _verdict(cmp)
             note = "too few samples to tell" if cmp.verdict == "unknown" else ""
             return RowChange(key, base, new, cmp, verdict, note, cv)
         quart = lambda r, s: (r.get("q1_ms", r["median_ms"]) / s, r["median_ms"] / s,  # noqa: E731

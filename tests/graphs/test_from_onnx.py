@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from rnnc.errors import UserError
 from rnnc.graphs.from_onnx import model_from_onnx, parse_shapes

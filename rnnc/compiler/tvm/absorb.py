@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from rnnc.graphs.walk import outer_reads
 from onnx import helper, numpy_helper
+
+from rnnc.graphs.walk import outer_reads, subgraphs
 
 RECURRENT = ("LSTM", "GRU", "RNN")
 DENSE = "RnncDense"
@@ -68,9 +69,8 @@ class _Graph:
 
     def rewrite(self) -> None:
         for node in list(self.graph.node):
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    _Graph(sub, self.consts, self.dense, self.layouts, self.conv).rewrite()
+            for sub in subgraphs(node):
+                _Graph(sub, self.consts, self.dense, self.layouts, self.conv).rewrite()
         replaced: dict[int, onnx.NodeProto] = {}
         for node in self.graph.node:
             if id(node) in self.dropped:

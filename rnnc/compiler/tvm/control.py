@@ -48,6 +48,7 @@ from tvm.ir.expr import Constant, StringImm
 
 from rnnc.compiler.tvm.emit import Emitter, Param, prim_func
 from rnnc.errors import Unsupported
+from rnnc.graphs.walk import subgraphs
 
 __all__ = ["FANOUT", "LEVELS", "convert"]
 
@@ -407,9 +408,8 @@ def _outer_reads(graph: onnx.GraphProto) -> set[str]:
     reads: set[str] = set()
     for node in graph.node:
         reads.update(i for i in node.input if i and i not in defined)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                reads.update(r for r in _outer_reads(sub) if r not in defined)
+        for sub in subgraphs(node):
+            reads.update(r for r in _outer_reads(sub) if r not in defined)
         defined.update(node.output)
     return reads | {o.name for o in graph.output if o.name not in defined}
 

@@ -35,8 +35,9 @@ from __future__ import annotations
 import itertools
 
 import onnx
-from rnnc.graphs.walk import outer_reads
 from onnx import TensorProto, helper
+
+from rnnc.graphs.walk import all_graphs, outer_reads, subgraphs
 
 __all__ = ["sequences_to_scan_outputs"]
 
@@ -46,7 +47,7 @@ def sequences_to_scan_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
     unchanged copy when nothing matches)."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    if not any(n.op_type == "SequenceEmpty" for g in _graphs(out.graph) for n in g.node):
+    if not any(n.op_type == "SequenceEmpty" for g in all_graphs(out.graph) for n in g.node):
         return out
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 1)
     _Rewrite(out, opset).graph(out.graph)
@@ -57,7 +58,7 @@ class _Rewrite:
     def __init__(self, model: onnx.ModelProto, opset: int) -> None:
         self.opset = opset
         self.types = _types(model)  # name -> TypeProto (names are unique across a model's scopes)
-        self.taken = {n for g in _graphs(model.graph) for n in _names(g)}
+        self.taken = {n for g in all_graphs(model.graph) for n in _names(g)}
         self.counter = itertools.count()
 
     def fresh(self, hint: str) -> str:
@@ -69,9 +70,8 @@ class _Rewrite:
 
     def graph(self, g: onnx.GraphProto) -> None:
         for node in g.node:  # inner graphs first: what they become is what the outer pattern sees
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    self.graph(sub)
+            for sub in subgraphs(node):
+                self.graph(sub)
         k = 0
         while k < len(g.node):  # by index: a rewrite replaces the nodes after the loop
             if g.node[k].op_type == "Loop" and g.node[k].domain in ("", "ai.onnx"):
@@ -253,14 +253,6 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _graphs(g: onnx.GraphProto):
-    yield g
-    for node in g.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                yield from _graphs(sub)
-
-
 def _names(g: onnx.GraphProto) -> set[str]:
     names = {v.name for v in list(g.input) + list(g.output) + list(g.value_info)} | {t.name for t in g.initializer}
     for n in g.node:
@@ -278,7 +270,7 @@ def _types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     except Exception:  # noqa: BLE001 - inference is a help here, the declared types remain
         inferred = model
     for source in (model, inferred):  # declared types win
-        for g in _graphs(source.graph):
+        for g in all_graphs(source.graph):
             for v in list(g.input) + list(g.output) + list(g.value_info):
                 if v.type.WhichOneof("value") is not None and v.name not in found:
                     found[v.name] = v.type
