@@ -107,3 +107,10 @@ def test_a_server_that_never_answers_is_refused_within_seconds(tmp_path, cli):
         code, out, err = cli("gate", write(tmp_path, "new.json", run({}, 1)), "--history",
                              f"postgresql://rnnc@127.0.0.1:{silent.getsockname()[1]}/h")
     assert code == 2 and err.count("\n") == 1 and "timeout" in err and time.perf_counter() - started < 8
+
+
+def test_the_report_already_appended_is_not_part_of_its_own_band(past, tmp_path):
+    slow = run({"onnxruntime": 1.3}, 98)
+    history.append(past, slow)  # as `rnnc bench --history` does before `rnnc gate --history`
+    code, table = gate(write(tmp_path, "slow.json", slow), None, 0.10, history=past)
+    assert code == 1 and "band of 15 runs" in table
