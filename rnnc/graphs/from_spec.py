@@ -17,27 +17,43 @@ def model_from_spec(spec: ModelSpec) -> Model:
     module = build_torch_model(spec)
     onnx_model = export_onnx(module, spec)  # the float32 IR, whatever the spec's dtype
     module = module.to(TORCH_DTYPES[spec.dtype])
-    if spec.input.type == "tokens":
-        inp = TensorInfo("tokens", "int64", ("batch", "seq"), high=spec.input.vocab_size)
-    else:  # numpy has no bfloat16: such features come as float32 and are cast by the backend
-        feature_dtype = "float16" if spec.dtype == "float16" else "float32"
-        inp = TensorInfo("features", feature_dtype, ("batch", "seq", spec.input.features))
-    width = spec.output.dense.units if spec.output.dense else spec.rnn.hidden_size * spec.rnn.directions
-    dims = ("batch", "seq", width) if spec.output.mode == "many_to_many" else ("batch", width)
+    inputs, outputs = spec_io(spec)
     twin = build_torch_model(spec).double()  # same seed, same weights, float64
+    names = [t.name for t in inputs]
+
+    def tensors(arrays: Arrays) -> list[torch.Tensor]:
+        out = []
+        for name in names:
+            x = torch.from_numpy(np.asarray(arrays[name]))
+            out.append(x.double() if x.is_floating_point() else x)
+        return out
 
     def reference64(arrays: Arrays) -> Arrays:
-        x = torch.from_numpy(np.asarray(arrays[inp.name]))
-        if x.is_floating_point():
-            x = x.double()
         with torch.inference_mode():
-            return {"output": twin(x).numpy()}
+            result = twin(*tensors(arrays))
+        result = result if isinstance(result, list) else [result]
+        return {t.name: r.numpy() for t, r in zip(outputs, result)}
 
-    shapes = [(b, t) for b in spec.shapes.batch_sizes for t in spec.shapes.seq_lens]
+    def teacher64(arrays: Arrays, generated: np.ndarray) -> Arrays:
+        """The reference's steps with `generated` fed back in place of its own argmax (verify)."""
+        forced = torch.from_numpy(np.asarray(generated, dtype=np.int64))
+        with torch.inference_mode():
+            args = tensors(arrays)
+            if spec.mode == "one_to_many":
+                result = twin.generate(args[0], *(args[1:] + [None, None])[:2], forced)
+            else:
+                result = twin.translate(args[0], forced)
+        return {t.name: r.numpy() for t, r in zip(outputs, result)}
+
+    if spec.mode == "one_to_many":  # one input step: the shapes' seq is the steps generated
+        shapes = [(b, spec.steps) for b in spec.shapes.batch_sizes]
+    else:
+        shapes = [(b, t) for b in spec.shapes.batch_sizes for t in spec.shapes.seq_lens]
+    lstm = spec.rnn.cell == "lstm"
     return Model(
         name=spec.name,
-        inputs=[inp],
-        outputs=[TensorInfo("output", "float32", dims)],
+        inputs=inputs,
+        outputs=outputs,
         onnx=onnx_model,
         reference64=reference64,
         shapes=shapes,
@@ -45,4 +61,35 @@ def model_from_spec(spec: ModelSpec) -> Model:
         torch_module=module,
         spec=spec,
         dtype=spec.dtype,
+        state={"h0": "h_n", "c0": "c_n"} if spec.rnn.state and lstm else ({"h0": "h_n"} if spec.rnn.state else {}),
+        teacher64=teacher64 if spec.generative and "generated" in [t.name for t in outputs] else None,
     )
+
+
+def spec_io(spec: ModelSpec) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The inputs and outputs every artifact of a spec has, by mode (SPEC section 1)."""
+    rnn = spec.rnn
+    step = ("batch",) if spec.mode == "one_to_many" else ("batch", "seq")
+    float_dtype = "float16" if spec.dtype == "float16" else "float32"  # numpy has no bfloat16: cast by the backend
+    if spec.input.type == "tokens":
+        inputs = [TensorInfo("tokens", "int64", step, high=spec.input.vocab_size)]
+    else:
+        inputs = [TensorInfo("features", float_dtype, step + (spec.input.features,))]
+    state_dims = (rnn.num_layers, "batch", rnn.hidden_size)
+    state = [TensorInfo(n, float_dtype, state_dims) for n in ("h0", "c0")[: 1 + (rnn.cell == "lstm")]]
+    if rnn.state:
+        inputs += state
+    if spec.mode == "encoder_decoder":
+        outputs = [TensorInfo("output", "float32", ("batch", spec.steps, spec.decoder.vocab_size)),
+                   TensorInfo("generated", "int64", ("batch", spec.steps))]
+    elif spec.mode == "one_to_many":
+        outputs = [TensorInfo("output", "float32", ("batch", spec.steps, spec.output.dense.units))]
+        if spec.input.type == "tokens":
+            outputs.append(TensorInfo("generated", "int64", ("batch", spec.steps)))
+    else:
+        width = spec.output.dense.units if spec.output.dense else rnn.hidden_size * rnn.directions
+        dims = ("batch", "seq", width) if spec.mode == "many_to_many" else ("batch", width)
+        outputs = [TensorInfo("output", "float32", dims)]
+    if rnn.state:
+        outputs += [TensorInfo(f"{t.name[0]}_n", "float32", state_dims) for t in state]
+    return inputs, outputs

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from rnnc import host
 from rnnc.errors import UserError
-from rnnc.graphs.spec import ModelSpec
+from rnnc.graphs.spec import DecoderSpec, ModelSpec
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 EXPORT_BYTES = 4 + 8 + 8 + 12 + 12  # per allocated parameter, see the module's docstring
@@ -73,7 +73,25 @@ def terms(spec: ModelSpec) -> list[Term]:
         units = spec.output.dense.units
         head = d * h * units + units
         found.append(Term(head, head, {"output.dense.units": units, "rnn.hidden_size": d * h}))
+    if spec.decoder is not None:
+        found += _decoder_terms(spec.decoder)
     return found
+
+
+def _decoder_terms(dec: DecoderSpec) -> list[Term]:
+    """An encoder-decoder's generating half: its embedding, its cells and the projection."""
+    g, h, layers = GATES[dec.cell], dec.hidden_size, dec.num_layers
+    trainable_bias = {True: 2, "single": 1, False: 0}[dec.bias] * g * h
+    allocated_bias = (0 if dec.bias is False else 2) * g * h
+    table = dec.vocab_size * dec.embedding_dim
+    first = g * h * dec.embedding_dim
+    stack = g * h * h * layers + g * h * h * (layers - 1)
+    projection = h * dec.vocab_size + dec.vocab_size
+    return [Term(table, table, {"decoder.vocab_size": dec.vocab_size, "decoder.embedding_dim": dec.embedding_dim}),
+            Term(first, first, {"decoder.hidden_size": h, "decoder.embedding_dim": dec.embedding_dim}),
+            Term(stack + layers * trainable_bias, stack + layers * allocated_bias,
+                 {"decoder.hidden_size": h * h, "decoder.num_layers": layers}),
+            Term(projection, projection, {"decoder.vocab_size": dec.vocab_size, "decoder.hidden_size": h})]
 
 
 def parameter_count(spec: ModelSpec) -> int:

@@ -36,6 +36,9 @@ class Model:
     dtype: str = "float32"
     origin: Path | None = None  # the user's file a model was imported from (None for a spec)
     state: dict[str, str] = field(default_factory=dict)  # state input -> the output that is its next value
+    # generative token models: the reference with the given tokens [batch, steps] fed back in place
+    # of its own argmax, so that each step is checked on the backend's own history (`verify`)
+    teacher64: Callable[[Arrays, np.ndarray], Arrays] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -39,6 +39,7 @@ class RNNSpec(_Strict):
     bidirectional: Annotated[bool, Field(strict=True)] = False
     nonlinearity: Literal["tanh", "relu"] | None = None
     bias: Literal[True, False, "single"] = True
+    state: Annotated[bool, Field(strict=True)] = False
 
     @field_validator("nonlinearity")
     @classmethod
@@ -63,9 +64,41 @@ class DenseSpec(_Strict):
     activation: Literal["none", "softmax", "sigmoid", "tanh", "relu", "leaky_relu"] = "none"
 
 
+GENERATIVE = ("one_to_many", "encoder_decoder")
+
+
 class OutputSpec(_Strict):
-    mode: Literal["many_to_many", "many_to_one"] = "many_to_many"
+    mode: Literal["many_to_many", "many_to_one", "one_to_many", "encoder_decoder"] = "many_to_many"
+    steps: PositiveInt | None = None  # one_to_many only
     dense: DenseSpec | None = None
+
+
+class DecoderSpec(_Strict):
+    """The generating half of an encoder-decoder (SPEC section 1, `decoder:`)."""
+
+    cell: Literal["rnn", "lstm", "gru"]
+    hidden_size: PositiveInt
+    num_layers: PositiveInt = 1
+    nonlinearity: Literal["tanh", "relu"] | None = None
+    bias: Literal[True, False, "single"] = True
+    vocab_size: PositiveInt
+    embedding_dim: PositiveInt
+    max_steps: PositiveInt
+    start_token: Annotated[int, Field(strict=True)] = 0
+
+    _only_for_rnn = field_validator("nonlinearity")(RNNSpec._only_for_rnn.__func__)
+
+    @property
+    def directions(self) -> int:
+        return 1
+
+    @property
+    def bidirectional(self) -> bool:
+        return False
+
+    @property
+    def activation(self) -> str:
+        return self.nonlinearity or "tanh"
 
 
 class ShapesSpec(_Strict):
@@ -78,6 +111,7 @@ class ModelSpec(_Strict):
     input: Annotated[Union[TokensInput, FeaturesInput], Field(discriminator="type")]
     rnn: RNNSpec
     output: OutputSpec = OutputSpec()
+    decoder: DecoderSpec | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     seed: Annotated[int, Field(strict=True, ge=0)] = 0
     shapes: ShapesSpec = ShapesSpec()
@@ -86,13 +120,42 @@ class ModelSpec(_Strict):
     def input_name(self) -> str:
         return self.input.type
 
+    @property
+    def mode(self) -> str:
+        return self.output.mode
+
+    @property
+    def generative(self) -> bool:
+        """one_to_many or encoder_decoder: each step's input is the step before's output."""
+        return self.output.mode in GENERATIVE
+
+    @property
+    def steps(self) -> int | None:
+        """Steps generated per call (one_to_many: output.steps; encoder_decoder: decoder.max_steps)."""
+        if self.output.mode == "one_to_many":
+            return self.output.steps
+        if self.output.mode == "encoder_decoder" and self.decoder is not None:
+            return self.decoder.max_steps
+        return None
+
     def normalised(self) -> dict[str, Any]:
-        """The spec with every default filled in, as stored in the manifest."""
+        """The spec with every default filled in, as stored in the manifest. Keys of the modes
+        a spec does not use (rnn.state when false, output.steps, decoder) are left out, so that a
+        spec written before they existed keeps its normalised form (and its fingerprint)."""
         data = self.model_dump(mode="json")
-        if self.rnn.cell == "rnn":
-            data["rnn"]["nonlinearity"] = self.rnn.activation
-        else:
-            data["rnn"].pop("nonlinearity")
+        for part, cell in (("rnn", self.rnn), ("decoder", self.decoder)):
+            if cell is None:
+                continue
+            if cell.cell == "rnn":
+                data[part]["nonlinearity"] = cell.activation
+            else:
+                data[part].pop("nonlinearity")
+        if not self.rnn.state:
+            data["rnn"].pop("state")
+        if self.output.steps is None:
+            data["output"].pop("steps")
+        if self.decoder is None:
+            data.pop("decoder")
         return data
 
 
@@ -100,10 +163,92 @@ def parse_spec(data: Any, source: str = "spec") -> ModelSpec:
     """Validate a parsed YAML document; raises UserError listing every problem."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: a spec is a YAML mapping, got {type(data).__name__}")
+    rules = _mode_rules(data)  # checked on the raw mapping, so that they join the field errors
     try:
-        return ModelSpec.model_validate(data)
+        spec = ModelSpec.model_validate(data)
     except ValidationError as err:
-        raise UserError(*[_describe(e, data) for e in err.errors()]) from None
+        raise UserError(*[_describe(e, data) for e in err.errors()], *rules) from None
+    if rules:
+        raise UserError(*rules)
+    return spec
+
+
+def _mode_rules(data: dict[str, Any]) -> list[str]:
+    """The rules that tie fields together (SPEC section 1: state, one_to_many, encoder_decoder),
+    one line each, naming the field to change. Fields of the wrong type are left to pydantic."""
+    rnn, out, dec, inp = (_mapping(data.get(k)) for k in ("rnn", "output", "decoder", "input"))
+    mode = out.get("mode", "many_to_many")
+    dense = _mapping(out.get("dense"))
+    hidden = _int(rnn.get("hidden_size"))
+    bidirectional = rnn.get("bidirectional") is True
+    found = []
+    if rnn.get("state") is True and bidirectional:
+        found.append("rnn.state: a bidirectional network cannot stream (its backward direction needs the "
+                     "whole sequence); set rnn.bidirectional: false or rnn.state: false")
+    if rnn.get("state") is True and mode == "encoder_decoder":
+        found.append("rnn.state: an encoder-decoder starts its decoder from the encoder's final state, "
+                     "it carries none across calls; state is for many_to_many, many_to_one and one_to_many")
+    if "steps" in out and mode != "one_to_many":
+        found.append(f"output.steps: only for mode one_to_many, not {mode}"
+                     + ("; an encoder-decoder generates decoder.max_steps" if mode == "encoder_decoder" else ""))
+    if "decoder" in data and mode != "encoder_decoder":
+        found.append(f"decoder: only for mode encoder_decoder, not {mode}")
+    if mode == "one_to_many":
+        found += _one_to_many_rules(out, dense, inp, bidirectional)
+    if mode == "encoder_decoder":
+        if "dense" in out and out["dense"] is not None:
+            found.append("output.dense: an encoder-decoder has no head; its projection to decoder.vocab_size "
+                         "(with softmax) is the head")
+        if "decoder" not in data:
+            found.append("decoder: required for mode encoder_decoder")
+        else:
+            want = hidden * (2 if bidirectional else 1) if hidden else None
+            got = dec.get("hidden_size")
+            if want and _int(got) and got != want:
+                found.append(f"decoder.hidden_size: must equal rnn.hidden_size x directions = {want} "
+                             f"(each decoder layer starts from the encoder's final state), got {got}")
+            vocab, start = _int(dec.get("vocab_size")), dec.get("start_token", 0)
+            if vocab and isinstance(start, int) and not isinstance(start, bool) and not 0 <= start < vocab:
+                found.append(f"decoder.start_token: must be in [0, decoder.vocab_size) = [0, {vocab}), got {start}")
+    return found
+
+
+def _one_to_many_rules(out: dict[str, Any], dense: dict[str, Any], inp: dict[str, Any],
+                       bidirectional: bool) -> list[str]:
+    found = []
+    if "steps" not in out:
+        found.append("output.steps: required for mode one_to_many (how many steps to generate)")
+    if bidirectional:
+        found.append("rnn.bidirectional: one_to_many generates one step at a time; a backward direction "
+                     "needs the whole sequence")
+    if not dense:
+        feedback = "vocab_size units with softmax" if inp.get("type") == "tokens" else "features units"
+        found.append(f"output.dense: required for mode one_to_many: the head makes the next step's input "
+                     f"({feedback})")
+        return found
+    units = dense.get("units")
+    if inp.get("type") == "tokens":
+        vocab = _int(inp.get("vocab_size"))
+        if vocab and _int(units) and units != vocab:
+            found.append(f"output.dense.units: must equal input.vocab_size = {vocab} (the argmax of the head "
+                         f"is the next token), got {units}")
+        if dense.get("activation", "none") != "softmax":
+            found.append(f"output.dense.activation: must be softmax for token generation, got "
+                         f"{dense.get('activation', 'none')!r}")
+    elif inp.get("type") == "features":
+        features = _int(inp.get("features"))
+        if features and _int(units) and units != features:
+            found.append(f"output.dense.units: must equal input.features = {features} (the head's output is "
+                         f"the next step's input), got {units}")
+    return found
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def load_spec(path: str | Path) -> ModelSpec:

@@ -67,7 +67,7 @@ class ModuleRunner(Runner):
         def call() -> Arrays:
             with torch.inference_mode():
                 outs = _flatten(self.module(*tensors))
-                host = [o.detach().float().cpu().numpy() for o in outs]
+                host = [(o.float() if o.is_floating_point() else o).detach().cpu().numpy() for o in outs]
             if cuda:
                 torch.cuda.synchronize()
             return {n: np.asarray(o) for n, o in zip(self.output_names, host)}
