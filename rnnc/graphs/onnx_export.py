@@ -98,8 +98,8 @@ def _stack(b: _Builder, scope: str, rnn: Any, weights: dict[str, np.ndarray], pr
         inputs = [x, b.const(f"{name}.W", w), b.const(f"{name}.R", r), b.const(f"{name}.B", bias) if bias is not None else ""]
         if h0 or c0:
             inputs.append("")  # sequence_lens
-            for given in (h0, c0) if lstm else (h0,):
-                inputs.append(_layer_slice(b, scope, given, layer) if given else "")
+            for given in (h0, c0) if lstm else (h0,):  # one layer: [1, B, H] is ONNX's initial state as it is
+                inputs.append("" if not given else given if rnn.num_layers == 1 else _layer_slice(b, scope, given, layer))
         while inputs and not inputs[-1]:
             inputs.pop()
         attrs: dict = dict(hidden_size=hidden, direction="bidirectional" if d == 2 else "forward")

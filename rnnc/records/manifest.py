@@ -70,6 +70,8 @@ class ShapeErrors(_Record):
     max_abs_err: Optional[float]
     rel_err: Optional[float]
     problems: tuple[str, ...] = ()
+    ties: int = 0
+    tokens: int = 0
 
 
 class Verification(_Record):
@@ -84,6 +86,8 @@ class Verification(_Record):
     per_shape: tuple[ShapeErrors, ...] = ()
     problems: tuple[str, ...] = ()
     chain: Optional[int] = None  # calls chained with the state carried (`verify --chain N`), worst over them
+    ties: int = 0  # generated tokens that differ from the reference's argmax by a tie within rounding
+    tokens: int = 0  # generated tokens checked
 
 
 class BackendRecord(_Record):
