@@ -29,28 +29,45 @@ def summarize(model: Model) -> list[Layer]:
 def _from_spec(model: Model) -> list[Layer]:
     spec, module = model.spec, model.torch_module
 
-    def count(prefix: str) -> int:
-        return sum(p.numel() for n, p in module.named_parameters() if n.startswith(prefix) and p.requires_grad)
+    def count(name: str) -> int:  # a parameter by its name, or every one under a module's name + "."
+        return sum(p.numel() for n, p in module.named_parameters()
+                   if (n == name or (name.endswith(".") and n.startswith(name))) and p.requires_grad)
 
+    mode = spec.output.mode
+    seq = "(batch, seq" if mode != "one_to_many" else f"(batch, {spec.steps}"  # one_to_many: one step in, steps out
     rows = []
     if spec.input.type == "tokens":
-        rows.append(Layer("embedding", "Embedding", f"(batch, seq, {spec.input.embedding_dim})", count("embedding.")))
+        rows.append(Layer("embedding", "Embedding", f"{seq}, {spec.input.embedding_dim})", count("embedding.")))
     rnn = spec.rnn
+    last_only = mode in ("many_to_one", "encoder_decoder")  # the top layer's final state goes on
+    rows += _cells(count, "rnn", rnn, seq, last_only, "encoder " if mode == "encoder_decoder" else "")
+    dense = spec.output.dense
+    if dense:
+        shape = f"(batch, {dense.units})" if mode == "many_to_one" else f"{seq}, {dense.units})"
+        rows.append(Layer("dense", f"Dense ({dense.activation})", shape, count("dense.")))
+    if spec.decoder is not None:
+        dec, out = spec.decoder, f"(batch, {spec.steps}"
+        rows.append(Layer("decoder_embedding", "Embedding", f"{out}, {dec.embedding_dim})", count("dec_embedding.")))
+        rows += _cells(count, "decoder", dec, out, False, "decoder ")
+        rows.append(Layer("projection", "Dense (softmax)", f"{out}, {dec.vocab_size})", count("projection.")))
+    return rows
+
+
+def _cells(count: Any, prefix: str, rnn: Any, seq: str, last_only: bool, role: str) -> list[Layer]:
+    """One row per layer of a stack (`prefix` names its parameters: rnn or decoder)."""
     cell = {"rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}[rnn.cell]
     width = rnn.hidden_size * rnn.directions
+    rows = []
     for layer in range(rnn.num_layers):
         top = layer == rnn.num_layers - 1
-        shape = f"(batch, {width})" if top and spec.output.mode == "many_to_one" else f"(batch, seq, {width})"
+        shape = f"(batch, {width})" if top and last_only else f"{seq}, {width})"
         kind = f"{'Bidirectional ' if rnn.bidirectional else ''}{cell}"
         if rnn.cell == "rnn":
             kind += f" ({rnn.activation})"
-        params = count(f"rnn.weight_ih_l{layer}") + count(f"rnn.weight_hh_l{layer}") \
-            + count(f"rnn.bias_ih_l{layer}") + count(f"rnn.bias_hh_l{layer}")
-        rows.append(Layer(f"{rnn.cell}_{layer}", kind, shape, params))
-    dense = spec.output.dense
-    if dense:
-        shape = f"(batch, {dense.units})" if spec.output.mode == "many_to_one" else f"(batch, seq, {dense.units})"
-        rows.append(Layer("dense", f"Dense ({dense.activation})", shape, count("dense.")))
+        params = sum(count(f"{prefix}.{w}_l{layer}{sfx}") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                     for sfx in ("", "_reverse"))
+        name = f"{rnn.cell}_{layer}" if prefix == "rnn" else f"decoder_{rnn.cell}_{layer}"
+        rows.append(Layer(name, (role.capitalize() + kind) if role else kind, shape, params))
     return rows
 
 

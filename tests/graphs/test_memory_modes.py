@@ -167,3 +167,21 @@ def test_state_pairs_and_io_by_mode() -> None:
     translate = model_from_spec(parse_spec(translator()))
     assert translate.state == {} and translate.output_names == ["output", "generated"]
     assert [t.dims for t in translate.outputs] == [("batch", 6, 9), ("batch", 6)]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_summary_shows_every_layer_and_the_closed_form_total(case: str) -> None:
+    from rnnc.graphs.summary import render, summarize
+
+    model = model_from_spec(parse_spec(CASES[case]))
+    rows = summarize(model)
+    assert sum(r.params for r in rows) == closed_form(model.spec) == parameter_count(model.torch_module)
+    names = [r.name for r in rows]
+    spec = model.spec
+    if spec.decoder is not None:
+        assert names[-1] == "projection" and "decoder_embedding" in names
+        assert sum(n.startswith("decoder_") and n != "decoder_embedding" for n in names) == spec.decoder.num_layers
+        assert rows[-1].output_shape == f"(batch, {spec.steps}, {spec.decoder.vocab_size})"
+    if spec.mode == "one_to_many":
+        assert rows[-1].output_shape == f"(batch, {spec.steps}, {spec.output.dense.units})"
+    assert f"Total params: {closed_form(spec):,}" in render(model, rows)
