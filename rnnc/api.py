@@ -160,7 +160,8 @@ def bench(source: str | Path, target: str = "cpu", backends: Sequence[str] | Non
           render_report: bool = True, history: str | None = None, **options: Any) -> dict[str, Any]:
     """`rnnc bench`: the sweep (`rnnc.bench.run_bench`, whose keyword options these are), then the
     rendered report beside report.json, then (with `history`, a path or an SQLAlchemy URL) the
-    report appended to that history. Returns the report with `exit_code` and `written`."""
+    report appended to that history. Returns the report with `exit_code` and `written`.
+    `stream=True` (and `chunk_ms`) is `rnnc bench --stream [--chunk-ms MS]`."""
     if history is not None:
         from rnnc import history as runs
         from rnnc.records.report import load_report

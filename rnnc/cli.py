@@ -98,6 +98,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", help="sizes of symbolic inputs of a model file, e.g. tokens:1x64")
     p.add_argument("--bind", help="inputs of a model file fixed at compile time, e.g. sr=16000 or w=w.npy")
     p.add_argument("--state", help="state pairs of a model file, IN=OUT,... (found by name where unambiguous)")
+    p.add_argument("--stream", action="store_true",
+                   help="time each call as one chunk of seq-len steps, the state carried from the call before")
+    p.add_argument("--chunk-ms", type=_positive("--chunk-ms"), metavar="MS",
+                   help="with --stream: the real time one chunk stands for, for the real-time factor (rtf)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("report", help="render Markdown and HTML with plots from a report")
@@ -144,6 +148,19 @@ def _int_list(flag: str) -> Any:
         if not values or any(v < 1 for v in values):
             raise UserError(f"{flag}: every value must be >= 1, got {text!r}")
         return values
+
+    return parse
+
+
+def _positive(flag: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UserError(f"{flag}: expected a number, got {text!r}") from None
+        if not (value > 0 and value != float("inf")):
+            raise UserError(f"{flag}: must be > 0, got {text!r}")
+        return value
 
     return parse
 
@@ -233,7 +250,8 @@ def _bench(args: argparse.Namespace) -> int:
                        batch_sizes=args.batch_sizes, out_dir=Path(args.out) if args.out else None,
                        resume=args.resume, check=args.check, progress=_progress(), threads=threads,
                        shapes=_shapes(args), against=args.against, history=args.history,
-                       revision=args.revision or (_revision() if args.history else None), **_model_options(args))
+                       revision=args.revision or (_revision() if args.history else None),
+                       stream=args.stream, chunk_ms=args.chunk_ms, **_model_options(args))
     print(results_table(report))
     for path in report.get("written", []):
         print(f"wrote {path}")

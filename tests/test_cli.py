@@ -105,3 +105,29 @@ def test_run_refuses_inputs_of_other_names(cli, write_spec, tmp_path) -> None:
     np.savez(tmp_path / "in.npz", tokens=np.zeros((1, 2), dtype=np.int64))
     code, _, err = cli("run", out_dir, "--backend", "onnxruntime", "--inputs", tmp_path / "in.npz")
     assert code == 2 and "missing ['features']" in err
+
+
+# -- bench --stream [--chunk-ms MS] ----------------------------------------------------------------
+
+def test_bench_stream_writes_stream_rows(cli, tmp_path) -> None:
+    from tests.bench.models import stateful_lstm
+
+    code, out, err = cli("bench", stateful_lstm(tmp_path), "--shapes", "x:3x2x3,h0:1x2x5,c0:1x2x5",
+                         "--backends", "onnxruntime", "--stream", "--chunk-ms", "10", "--seq-lens", "3",
+                         "--out", tmp_path / "out", "--threads", "1")
+    assert code == 0, err
+    assert "onnxruntime (stream)" in out and "chunks/s" in out and "rtf" in out
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| chunks/s | RTF | bind ms |" in md and "plot-lstm_stream-stream.png" in md
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--stream"], "--stream: model 't' from"),
+    (["--chunk-ms", "10"], "--chunk-ms: only with --stream"),
+    (["--stream", "--chunk-ms", "0"], "--chunk-ms: must be > 0, got '0'"),
+    (["--stream", "--chunk-ms", "fast"], "--chunk-ms: expected a number, got 'fast'"),
+])
+def test_bench_stream_bad_flags_are_one_line_exit_2(flags, words, cli, write_spec, tmp_path) -> None:
+    code, out, err = cli("bench", write_spec(make_spec()), "--out", tmp_path / "out", *flags)
+    assert code == 2 and words in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "manifest.json").exists()  # refused before any compile

@@ -6,9 +6,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rnnc import pipeline
+from rnnc.bench.stream import require_state
 from rnnc.errors import UserError
 from rnnc.graphs import load_model, load_spec
 from rnnc.graphs.model import Model
@@ -88,14 +89,22 @@ def default_out(source: Path, sources: list[Source], target: str) -> Path:
 def open_source(src: Source, shapes: list[tuple[int, int]] | None, target: str, backends: list[str],
                 out_dir: Path, many: bool, resume: bool, progress: Progress,
                 imports: dict[str, Any] | None = None,
-                threads: int | None = None) -> tuple[Model, Manifest, Path]:
+                threads: int | None = None, need_state: bool = False,
+                announce: Callable[[], None] = lambda: None) -> tuple[Model, Manifest, Path]:
     """The model, its manifest and its compiled DIR: opened when given, else compiled (or, under
-    --resume, reused from a previous run into the same --out when the spec is unchanged)."""
+    --resume, reused from a previous run into the same --out when the spec is unchanged).
+    `need_state` (`--stream`) refuses a model without state pairs before any compile; `announce`
+    is called just before a compile starts (the sweep's progress line), so that a refusal stays
+    the one line printed."""
     if src.compiled:
         manifest, model = pipeline.open_dir(src.path)
         pipeline.check_target(src.path, manifest, target)
+        if need_state:
+            require_state(model, src.path)
         return model, manifest, src.path
     model = load_model(src.path, **(imports or {}))
+    if need_state:
+        require_state(model, src.path)
     if shapes is not None:
         model.shapes = list(shapes)  # build (TVM: one library per shape) and verify what is benched
     model_dir = out_dir / model.name if many else out_dir
@@ -105,5 +114,6 @@ def open_source(src: Source, shapes: list[tuple[int, int]] | None, target: str, 
         if manifest.target == target and fingerprint(old) == fingerprint(model) \
                 and all(b in manifest.backends for b in backends) and built >= set(model.shapes):
             return old, manifest, model_dir
+    announce()
     manifest = pipeline.compile_model(model, target, backends, model_dir, progress, None, threads)
     return model, manifest, model_dir

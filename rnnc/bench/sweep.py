@@ -4,6 +4,7 @@ One model at a time: compile it (or open a compiled DIR), load one runner per ba
 whole sweep of shapes, and for each (batch size, sequence length) measure every backend
 interleaved on the same inputs (`measure.measure_interleaved`). After every shape the report is
 rewritten atomically, so an interrupted sweep leaves a valid report and `--resume` completes it.
+With `stream`, each timed call is one chunk with the state carried (`rnnc.bench.stream`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 from rnnc import host, stats, targets
 from rnnc.bench import against as ab
 from rnnc.bench import measure
+from rnnc.bench import stream as streaming
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
 from rnnc.bench.sources import Source, default_out, fingerprint, open_source, resolve_sources, sweep_shapes
@@ -51,6 +53,8 @@ def run_bench(
     state: dict[str, str] | None = None,
     against: str | Path | None = None,
     revision: str | None = None,
+    stream: bool = False,
+    chunk_ms: float | None = None,
 ) -> dict[str, Any]:
     """Bench a spec, a model file, a compiled DIR or a folder of specs; returns the report with
     `exit_code`, `report_path` and `written` added (0 ok; 1 a backend failed or was wrong under
@@ -66,8 +70,13 @@ def run_bench(
     against`): each backend of both builds measured in the same rounds; the old side's rows are
     written to `OUT/against/report.json`. `revision` (the user's commit) is recorded in the
     report's environment, for a history to name the commit range of a step.
+
+    `stream` (`--stream`) times each call as one chunk of seq_len steps with the state carried
+    from the call before, for models with state pairs; `chunk_ms` is the real time one chunk
+    stands for, which adds the real-time factor to the rows (`rnnc.bench.stream`).
     """
     targets.check_target(target)
+    streamed = streaming.check_options(stream, chunk_ms)
     _check_sizes("--seq-lens", seq_lens)
     _check_sizes("--batch-sizes", batch_sizes)
     backends = _check_backends(backends)
@@ -82,7 +91,8 @@ def run_bench(
                             "rerun it whole")
         old_dirs = ab.resolve(Path(against))
     with runtime_threads.kept_torch_threads():
-        report = _start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force)
+        report = _start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force,
+                               streamed)
         if revision:
             report["environment"]["revision"] = revision
         pair = None
@@ -92,7 +102,7 @@ def run_bench(
             pair = (ab.half_report(report, run), old_dirs)
         _sweep_all(report, out_dir / REPORT, sources, target, backends, seq_lens, batch_sizes, settings, check,
                    resume, extra_work or {}, seed, progress, threads,
-                   {"shapes": shapes, "bind": bind, "state": state}, pair)
+                   {"shapes": shapes, "bind": bind, "state": state}, pair, streamed)
     written = [str(out_dir / REPORT)] + ([str(out_dir / ab.AGAINST / REPORT)] if pair else [])
     return dict(report, exit_code=exit_code(report), report_path=str(out_dir / REPORT), written=written)
 
@@ -101,17 +111,21 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
                backends: list[str], seq_lens: list[int] | None, batch_sizes: list[int] | None,
                settings: measure.Settings, check: bool, resume: bool, extra_work: dict[str, float], seed: int,
                progress: Progress, threads: int | None, imports: dict[str, Any],
-               pair: tuple[dict[str, Any], dict[str, Path]] | None = None) -> None:
+               pair: tuple[dict[str, Any], dict[str, Path]] | None = None,
+               streamed: streaming.Options | None = None) -> None:
     out_dir = report_path.parent
     old_path = out_dir / ab.AGAINST / REPORT
     plans = [(src, sweep_shapes(src.shapes, seq_lens, batch_sizes)) for src in sources]
+    for _, shapes in plans:  # refused before any compile where the shapes are known
+        streaming.check_chunk_lengths(streamed, {s for _, s in shapes or []})
     bar = SweepProgress(progress, sum(len(shapes) * len(backends) for _, shapes in plans if shapes is not None))
     for src, shapes in plans:
-        bar.show(f"{src.path.name}: compiling")
         model, manifest, model_dir = open_source(src, shapes, target, backends, out_dir, len(sources) > 1,
-                                                 resume, bar.child(), imports, threads)
+                                                 resume, bar.child(), imports, threads, streamed is not None,
+                                                 lambda name=src.path.name: bar.show(f"{name}: compiling"))
         if shapes is None:
             shapes = sweep_shapes(model.shapes, seq_lens, batch_sizes)
+            streaming.check_chunk_lengths(streamed, {s for _, s in shapes})
             bar.grow(len(shapes) * len(backends))
         _record_model(report, model, manifest, model_dir, src.path, out_dir)
         old = None
@@ -119,7 +133,7 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
             old = ab.open_old(pair[1], model, target, pair[0], old_path)
             _record_model(old.report, old.model, old.manifest, old.model_dir, old.model_dir, old_path.parent)
         _sweep_model(report, report_path, model, manifest, model_dir, target, backends, shapes, settings,
-                     check, extra_work, seed, bar, threads, old)
+                     check, extra_work, seed, bar, threads, old, streamed)
     bar.close()
     report["finished"] = True
     schema.write_atomic(report_path, report)
@@ -158,8 +172,11 @@ def _check_backends(backends: Sequence[str]) -> list[str]:
 
 
 def _start_report(path: Path, resume: bool, target: str, settings: measure.Settings, check: bool,
-                  extra: dict[str, float] | None, threads: int | None, in_force: dict[str, Any]) -> dict[str, Any]:
+                  extra: dict[str, float] | None, threads: int | None, in_force: dict[str, Any],
+                  streamed: streaming.Options | None = None) -> dict[str, Any]:
     record = dict(asdict(settings), check=check, threads=threads)
+    if streamed is not None:  # a plain report's settings stay as they were
+        record.update(stream=True, chunk_ms=streamed.chunk_ms)
     if resume and path.exists():
         report = schema.load_report(path)
         if report.get("kind") != "rnnc":
@@ -169,6 +186,10 @@ def _start_report(path: Path, resume: bool, target: str, settings: measure.Setti
         if report["settings"].get("threads") != threads:
             was = report["settings"].get("threads")
             raise UserError(f"{path}: --resume of a report measured with threads={was} with threads={threads}")
+        was = _stream_flags(report["settings"].get("stream", False), report["settings"].get("chunk_ms"))
+        now = _stream_flags(streamed is not None, streamed.chunk_ms if streamed else None)
+        if was != now:  # a report holds one kind of row: stream rows come only from --stream runs
+            raise UserError(f"{path}: --resume of a report measured {was}, now {now}: a report holds one kind of row")
         report["finished"] = False
         report.setdefault("resumed", []).append(record)
     else:
@@ -179,6 +200,12 @@ def _start_report(path: Path, resume: bool, target: str, settings: measure.Setti
     if extra:
         report["test_extra_work"] = dict(extra)
     return report
+
+
+def _stream_flags(stream: bool, chunk_ms: float | None) -> str:
+    if not stream:
+        return "without --stream"
+    return "with --stream" + (f" --chunk-ms {chunk_ms:g}" if chunk_ms is not None else "")
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -212,9 +239,10 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
                  model_dir: Path, target: str, backends: list[str], shapes: list[tuple[int, int]],
                  settings: measure.Settings, check: bool, extra_work: dict[str, float], seed: int,
                  bar: SweepProgress, threads: int | None,
-                 old: ab.OldSide | None = None) -> None:
+                 old: ab.OldSide | None = None, streamed: streaming.Options | None = None) -> None:
+    mode = None if streamed is None else "stream"
     have = {schema.row_key(r) for r in report["rows"]}
-    todo = {(b, s): [n for n in backends if (model.name, n, b, s) not in have] for b, s in shapes}
+    todo = {(b, s): [n for n in backends if schema.key_of(model.name, n, b, s, mode) not in have] for b, s in shapes}
     bar.skip(sum(len(backends) - len(v) for v in todo.values()))
     needed = {n for names in todo.values() for n in names}
     runners, not_run = _load_runners(manifest, model_dir, backends, needed, target, threads)
@@ -226,16 +254,17 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
             continue
         bar.show(f"{model.name} batch {batch} seq {seq}")
         started = time.perf_counter()
-        rows = [_not_run_row(model.name, n, batch, seq, *not_run[n]) for n in names if n in not_run]
+        rows = [_not_run_row(model.name, n, batch, seq, *not_run[n], mode=mode) for n in names if n in not_run]
         old_runners = {n + ab.SUFFIX: old.runners[n] for n in names if n in old.runners} if old else {}
         measured = _measure_shape(model, {n: runners[n] for n in names if n in runners} | old_runners, batch,
-                                  seq, settings, check, extra_work, seed, calibration, report)
+                                  seq, settings, check, extra_work, seed, calibration, report, streamed)
         rows += [r for r in measured if not r.backend.endswith(ab.SUFFIX)]
         report["rows"] += [_with_precision(r, manifest).to_json() for r in rows]
         report["rows"].sort(key=_row_order(report))
         schema.write_atomic(report_path, report)
         if old is not None:
-            old_rows = [_not_run_row(model.name, n, batch, seq, *old.not_run[n]) for n in names if n in old.not_run]
+            old_rows = [_not_run_row(model.name, n, batch, seq, *old.not_run[n], mode=mode)
+                        for n in names if n in old.not_run]
             old_rows += [r.model_copy(update={"backend": r.backend.removesuffix(ab.SUFFIX)}) for r in measured
                          if r.backend.endswith(ab.SUFFIX)]
             old.report["rows"] += [_with_precision(r, old.manifest).to_json() for r in old_rows]
@@ -265,36 +294,64 @@ def _load_runners(manifest: Manifest, model_dir: Path, backends: list[str], need
 
 def _measure_shape(model: Model, runners: dict[str, Any], batch: int, seq: int, settings: measure.Settings,
                    check: bool, extra_work: dict[str, float], seed: int, calibration: measure.TimeFunc,
-                   report: dict[str, Any]) -> list[Row]:
+                   report: dict[str, Any], streamed: streaming.Options | None = None) -> list[Row]:
     """Rows for one (batch, seq): every runner's bound call checked (under --check) and timed, on
-    the same inputs: what is checked is exactly what is timed."""
+    the same inputs: what is checked is exactly what is timed. Streamed, the call is the next
+    chunk of the backend's own stream, the first one checked (from the zero state)."""
     if not runners:
         return []
-    inputs = model.random_inputs(batch, seq, np.random.default_rng([seed, batch, seq]))
-    rows, funcs, checks = [], {}, {}
+    mode = None if streamed is None else "stream"
+    if streamed is None:
+        inputs = model.random_inputs(batch, seq, np.random.default_rng([seed, batch, seq]))
+    else:
+        pool, start = streaming.chunks(model, batch, seq, seed), streaming.zero_state(model, batch, seq)
+        inputs = {**pool[0], **start}
+    rows, funcs, checks, streams = [], {}, {}, {}
+    steps = streaming.generation_steps(model)
     reference = None
     if check:
         reference = {k: np.asarray(v) for k, v in model.reference64(inputs).items()}  # kinds kept (verify._kind)
     for name, runner in runners.items():
         try:
-            call = runner.bind(**inputs)
+            if streamed is None:
+                call = runner.bind(**inputs)
+            else:
+                call = streams[name] = streaming.Stream(runner, pool, model.state, start)
             outputs = call()  # a backend that cannot run this shape fails here, not in the rounds
             if reference is not None:
                 checks[name] = _check(outputs, reference, model.dtype)
                 if not checks[name]["passed"]:
                     rows.append(_not_run_row(model.name, name, batch, seq, "failed", checks[name]["reason"],
-                                             check=checks[name]))
+                                             check=checks[name], mode=mode))
                     continue
-            funcs[name] = measure.time_calls(measure.with_extra_work(call, extra_work.get(name, 0.0)))
+            timed = measure.with_extra_work(call, extra_work.get(name, 0.0))
+            funcs[name] = measure.time_calls(timed) if streamed is None else streams[name].timer(timed)
+            if streamed is not None:
+                funcs[name + streaming.BIND] = measure.time_calls(lambda r=runner: r.bind(**inputs))
+            if steps is not None and (first := streaming.first_step_call(runner, inputs)) is not None:
+                funcs[name + streaming.FIRST_STEP] = measure.time_calls(first)
         except Exception as err:  # noqa: BLE001 - one backend's crash is its failed row, not the sweep's
-            rows.append(_not_run_row(model.name, name, batch, seq, "failed", f"{type(err).__name__}: {err}"))
+            rows.append(_not_run_row(model.name, name, batch, seq, "failed", f"{type(err).__name__}: {err}",
+                                     mode=mode))
     if not funcs:
         return rows
     results, cal = measure.measure_interleaved(funcs, settings, calibration)
     _add_calibration(report, cal.samples_ms or cal.preempted_ms)
-    for name, m in results.items():
-        rows.append(_timed_row(model.name, name, batch, seq, m, settings, checks.get(name), extra_work.get(name)))
+    for name in (n for n in results if n in runners):
+        row = _timed_row(model.name, name, batch, seq, results[name], settings, checks.get(name),
+                         extra_work.get(name))
+        extra = streaming.row_fields(row.median_ms, row.warning, streamed, streams.get(name), steps,
+                                     _median(results.get(name + streaming.BIND)),
+                                     _median(results.get(name + streaming.FIRST_STEP)))
+        rows.append(Row.model_validate({**row.model_dump(), **extra}) if extra else row)
     return rows
+
+
+def _median(m: measure.Measurement | None) -> float | None:
+    """The median of a side measurement (the floor, the first step), preempted samples if no other."""
+    if m is None or not (m.samples_ms or m.preempted_ms):
+        return None
+    return stats.median(m.samples_ms or m.preempted_ms)
 
 
 def _check(outputs: dict[str, Any], reference: dict[str, np.ndarray], dtype: str) -> dict[str, Any]:
@@ -331,9 +388,9 @@ def _timed_row(model: str, backend: str, batch: int, seq: int, m: measure.Measur
 
 
 def _not_run_row(model: str, backend: str, batch: int, seq: int, status: str, reason: str,
-                 check: dict[str, Any] | None = None) -> Row:
+                 check: dict[str, Any] | None = None, mode: str | None = None) -> Row:
     return Row(model=model, backend=backend, batch_size=batch, seq_len=seq, status=status, reason=reason,
-               check=check)
+               check=check, mode=mode)
 
 
 def _with_precision(row: Row, manifest: Manifest) -> Row:

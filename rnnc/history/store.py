@@ -7,7 +7,11 @@ that `pip install 'rnnc[postgres]'` brings). Tables, SQLAlchemy Core:
 - `rnnc_runs`: one per appended report, with what decides whether two runs compare (revision,
   target, threads, CPU, the calibration workload's median) and the whole report as JSON, so that
   nothing a later rnnc wants to look at is lost;
-- `rnnc_rows`: the report's rows, the numbers a trend needs as columns (median, quartiles, cv).
+- `rnnc_rows`: the report's rows, the numbers a trend needs as columns (median, quartiles, cv),
+  and the row's `mode` (`stream`; NULL for a plain row), part of its key as in report.json.
+
+Schema versions: 1, the first; 2 adds `rnnc_rows.mode`. A version 1 history is read as it is (its
+rows are plain) and upgraded in place by the next append, in the append's transaction.
 
 Each append is one transaction: a killed bench leaves the run recorded or absent, never half of
 it (SQLite's DDL included: the driver's own implicit transactions are switched off for that).
@@ -30,9 +34,9 @@ from sqlalchemy import exc as sa_exc
 
 from rnnc import stats
 from rnnc.errors import UserError
-from rnnc.records.report import RowKey, upgrade, validate_report
+from rnnc.records.report import RowKey, key_of, upgrade, validate_report
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 POSTGRES_EXTRA = "pip install 'rnnc[postgres]'"
 CONNECT_TIMEOUT_S = 3
 _LOCK_KEY = 0x726E6E63  # "rnnc": the advisory lock appends to a PostgreSQL history take in turn
@@ -66,6 +70,7 @@ _rows = sa.Table("rnnc_rows", _metadata,
                  sa.Column("q3_ms", sa.Float),
                  sa.Column("cv", sa.Float),
                  sa.Column("n_samples", sa.Integer, nullable=False),
+                 sa.Column("mode", sa.String(16)),  # schema 2: "stream"; NULL for a plain row
                  sa.Index("ix_rnnc_rows_key", "model", "backend", "batch_size", "seq_len"))
 _TABLES = {t.name for t in _metadata.sorted_tables}
 # drivers SQLAlchemy may ask for, and the package that brings each
@@ -88,10 +93,11 @@ class HistoryRow:
     q3_ms: float | None
     cv: float | None
     n_samples: int
+    mode: str | None = None  # "stream" for a stream row, as report.json's rows
 
     @property
     def key(self) -> RowKey:
-        return (self.model, self.backend, self.batch_size, self.seq_len)
+        return key_of(self.model, self.backend, self.batch_size, self.seq_len, self.mode)
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,8 @@ def append(history: str, report: dict[str, Any], *, recorded_at: datetime | None
              "precision": r.get("precision", "fp32"), "status": r["status"],
              "median_ms": r.get("median_ms"), "q1_ms": r.get("q1_ms"), "q3_ms": r.get("q3_ms"),
              "cv": r.get("cv"),
-             "n_samples": 0 if r.get("has_samples") is False else len(r.get("samples_ms") or [])}
+             "n_samples": 0 if r.get("has_samples") is False else len(r.get("samples_ms") or []),
+             "mode": r.get("mode")}
             for r in report["rows"]]
     with _session(history, write=True) as (conn, where, sqlite):
         if conn.dialect.name == "postgresql":  # one append at a time: two first ones would both create
@@ -167,8 +174,9 @@ def load(history: str, model: str | None = None) -> list[HistoryRun]:
     """Every run of the history, oldest first; with `model`, only the runs that have rows of that
     model, and only those rows. An empty history is an empty list."""
     with _session(history, write=False) as (conn, where, sqlite):
-        _check_schema(conn, where, sqlite, create=False)
-        query = sa.select(*[c for c in _rows.c if c.name != "id"]).order_by(_rows.c.run_id, _rows.c.id)
+        version = _check_schema(conn, where, sqlite, create=False)
+        skip = {"id"} | ({"mode"} if version < 2 else set())  # a version 1 history has no mode column
+        query = sa.select(*[c for c in _rows.c if c.name not in skip]).order_by(_rows.c.run_id, _rows.c.id)
         if model is not None:
             query = query.where(_rows.c.model == model)
         by_run: dict[int, list[sa.Row[Any]]] = {}
@@ -189,7 +197,8 @@ def load(history: str, model: str | None = None) -> list[HistoryRun]:
             threads=run.threads, cpu=run.cpu, calibration_ms=run.calibration_ms,
             fingerprints={r.model: r.fingerprint for r in rows if r.fingerprint is not None},
             rows=tuple(HistoryRow(r.model, r.backend, r.batch_size, r.seq_len, r.precision, r.status, r.median_ms,
-                                  r.q1_ms, r.q3_ms, r.cv, r.n_samples) for r in rows)))
+                                  r.q1_ms, r.q3_ms, r.cv, r.n_samples, getattr(r, "mode", None))
+                       for r in rows)))
     return found
 
 
@@ -331,9 +340,10 @@ def _problem(err: sa_exc.DBAPIError, where: str, sqlite: bool, connecting: bool)
 
 
 def _check_schema(conn: sa.engine.Connection, where: str, sqlite: bool, create: bool,
-                  dry_run: bool = False) -> None:
-    """Refuse a database that holds no rnnc history (or one of a newer schema); with `create`,
-    make the tables in an empty one (in this transaction; not with `dry_run`)."""
+                  dry_run: bool = False) -> int:
+    """The schema version of the history; refuse a database that holds no rnnc history (or one of
+    a newer schema). With `create` (an append), make the tables in an empty one, or upgrade an
+    older one to this version (in this transaction; neither with `dry_run`)."""
     tables = set(sa.inspect(conn).get_table_names())
     if "rnnc_meta" in tables:
         version = conn.execute(sa.select(_meta.c.value).where(_meta.c.key == "schema_version")).scalar()
@@ -346,16 +356,27 @@ def _check_schema(conn: sa.engine.Connection, where: str, sqlite: bool, create: 
                             f"({SCHEMA_VERSION}): upgrade rnnc")
         if not _TABLES <= tables:
             raise UserError(f"{where}: an rnnc history without its tables {', '.join(sorted(_TABLES - tables))}")
-        return
+        if create and not dry_run and version < SCHEMA_VERSION:
+            _upgrade(conn, version)
+            version = SCHEMA_VERSION
+        return version
     ours = sorted(tables & _TABLES)
     if ours or not create or (sqlite and tables):
         held = f" (it has {_few(sorted(tables))})" if tables else ""
         hint = "; give a new file" if sqlite and create else ""
         raise UserError(f"{where}: holds no rnnc history{held}{hint}")
     if dry_run:
-        return
+        return SCHEMA_VERSION
     _metadata.create_all(conn)
     conn.execute(_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    return SCHEMA_VERSION
+
+
+def _upgrade(conn: sa.engine.Connection, version: int) -> None:
+    """An older history's tables brought to `SCHEMA_VERSION`, one version at a time."""
+    if version < 2:
+        conn.execute(sa.text("ALTER TABLE rnnc_rows ADD COLUMN mode VARCHAR(16)"))
+    conn.execute(_meta.update().where(_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
 
 def _few(names: list[str], n: int = 3) -> str:

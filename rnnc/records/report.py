@@ -4,7 +4,15 @@ A `Row` is validated when the bench builds it (a row that ran has every timed ke
 finite samples; one that did not has a reason), and again when a file is read back. The document
 around the rows stays plain JSON data: the renderer and the gate read it as such. Versions:
 - 1: the first landing;
-- 2: each row records the `precision` it ran (`fp32` unless the spec's dtype says otherwise).
+- 2: each row records the `precision` it ran (`fp32` unless the spec's dtype says otherwise);
+- 3: optional keys of streaming rows (`mode: stream`, `chunks_per_s`, `chunk_ms`, `rtf`, `bind_ms`,
+  `chunk_calls`, `state_resets`) and of generative models (`steps`, `ms_per_step`, `steps_per_s`,
+  `first_step_ms`); a version 2 report is a version 3 one without them. The version says so to
+  an older rnnc, which would otherwise refuse the new keys one by one.
+
+A row's key is (model, backend, batch size, sequence length), and the mode after them for a row
+that is not a plain call (`stream`): a stream row and a plain row of the same shape are different
+measurements, so resume, the gate and a history never take one for the other.
 """
 from __future__ import annotations
 
@@ -12,7 +20,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -20,9 +28,12 @@ from rnnc.errors import UserError
 from rnnc.records.manifest import PRECISIONS
 
 FORMAT = "rnnc-bench-report"
-VERSION = 2
-RowKey = tuple[str, str, int, int]  # model, backend, batch size, sequence length
+VERSION = 3
+# model, backend, batch size, sequence length (the chunk length of a stream row), and a mode if not plain
+RowKey = Union[tuple[str, str, int, int], tuple[str, str, int, int, str]]
 
+STREAM_KEYS = ("chunks_per_s", "chunk_ms", "rtf", "bind_ms", "chunk_calls", "state_resets")
+GENERATION_KEYS = ("ms_per_step", "steps_per_s", "first_step_ms")
 TIMED_KEYS = ("samples_ms", "median_ms", "iqr_ms", "p90_ms", "p99_ms", "sequences_per_s", "tokens_per_s")
 STATUSES = ("ok", "skipped", "failed")
 
@@ -59,32 +70,69 @@ class Row(BaseModel):
     check: Optional[dict[str, Any]] = None
     has_samples: Optional[bool] = None  # False: a pytest-benchmark row without its samples
     test_extra_work: Optional[float] = None
+    # streaming (`rnnc bench --stream`): one call is one chunk of seq_len steps, the state carried
+    mode: Optional[Literal["stream"]] = None
+    chunks_per_s: Optional[float] = None  # 1000 / median_ms
+    chunk_ms: Optional[float] = None  # the real time one chunk stands for (--chunk-ms)
+    rtf: Optional[float] = None  # real-time factor, median_ms / chunk_ms: below 1 keeps up
+    bind_ms: Optional[float] = None  # median of `runner.bind(**arrays)` alone: the floor of a call
+    chunk_calls: Optional[int] = None  # chunks streamed in the row, warm-up included, one state throughout
+    state_resets: Optional[int] = None  # times the carried state went non-finite and restarted at zeros
+    # generative models (one_to_many, encoder_decoder): every call generates `steps` steps
+    steps: Optional[int] = None
+    ms_per_step: Optional[float] = None  # median_ms / steps
+    steps_per_s: Optional[float] = None  # 1000 * steps / median_ms, for each sequence of the batch
+    first_step_ms: Optional[float] = None  # latency to the first step; only where the backend can run it
 
     @model_validator(mode="after")
     def _complete(self) -> Row:
         if self.status == "ok":
             absent = [k for k in TIMED_KEYS if getattr(self, k) is None]
+            absent += [k for k in self._needed() if getattr(self, k) is None]
             if absent:
                 raise ValueError(f"a row that ran needs {', '.join(absent)}")
             if not self.samples_ms or not all(math.isfinite(v) and v > 0 for v in self.samples_ms):
                 raise ValueError("samples_ms must be a non-empty list of positive numbers")
         elif not self.reason:
             raise ValueError("a row that did not run needs a reason")
+        if self.mode is None and any(getattr(self, k) is not None for k in STREAM_KEYS):
+            raise ValueError(f"{', '.join(k for k in STREAM_KEYS if getattr(self, k) is not None)}: "
+                             f"only on a stream row (mode: stream)")
+        if (self.rtf is None) != (self.chunk_ms is None):
+            raise ValueError("rtf and chunk_ms go together")
+        if self.steps is None and any(getattr(self, k) is not None for k in GENERATION_KEYS):
+            raise ValueError("ms_per_step, steps_per_s and first_step_ms: only on a row with steps")
         return self
+
+    def _needed(self) -> list[str]:
+        """The keys a timed row of its kind must have, beyond `TIMED_KEYS`."""
+        return (["chunks_per_s"] if self.mode == "stream" else []) + \
+            (["ms_per_step", "steps_per_s"] if self.steps is not None else [])
 
     @property
     def key(self) -> RowKey:
-        return (self.model, self.backend, self.batch_size, self.seq_len)
+        return key_of(self.model, self.backend, self.batch_size, self.seq_len, self.mode)
 
     def to_json(self) -> dict[str, Any]:
         """The row as report.json holds it (absent fields left out)."""
         return self.model_dump(mode="json", exclude_none=True)
 
 
+def key_of(model: str, backend: str, batch: int, seq: int, mode: str | None = None) -> RowKey:
+    """The key of a row: a plain row's is the four fields, other modes' add the mode."""
+    key = (str(model), str(backend), int(batch), int(seq))
+    return key if mode is None else (*key, str(mode))
+
+
 def row_key(row: dict[str, Any] | Row) -> RowKey:
     if isinstance(row, Row):
         return row.key
-    return (str(row["model"]), str(row["backend"]), int(row["batch_size"]), int(row["seq_len"]))
+    return key_of(row["model"], row["backend"], row["batch_size"], row["seq_len"], row.get("mode"))
+
+
+def key_label(key: RowKey) -> str:
+    """A key's backend as tables name it: `onnxruntime`, or `onnxruntime (stream)` for a stream row."""
+    return key[1] if len(key) == 4 else f"{key[1]} ({key[4]})"
 
 
 def new_report(target: str, environment: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +162,11 @@ def _v1_to_v2(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "version": 2, "rows": rows}
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+def _v2_to_v3(report: dict[str, Any]) -> dict[str, Any]:
+    return {**report, "version": 3}  # only optional keys were added
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(report: Any) -> Any:
@@ -140,6 +192,7 @@ def validate_report(report: Any) -> list[str]:
                 if not isinstance(report.get(key), kind)]
     if problems:
         return problems
+    seen: set[RowKey] = set()
     for i, row in enumerate(report["rows"]):
         where = f"rows[{i}]"
         if not isinstance(row, dict):
@@ -152,6 +205,11 @@ def validate_report(report: Any) -> list[str]:
             continue
         if row["model"] not in report["models"]:
             problems.append(f"{where}: model {row['model']!r} is not in models")
+        key = row_key(row)
+        if key in seen:
+            problems.append(f"{where}: a second row of {key_label(key)} batch {key[2]} seq {key[3]} of model "
+                            f"{key[0]!r}: a row's key must be unique")
+        seen.add(key)
     return problems
 
 

@@ -15,8 +15,9 @@ __all__ = ["gate", "render"]
 
 
 def render(report_path: Path, baseline_path: Path | None = None, out_dir: Path | None = None) -> list[Path]:
-    """Write report.md, report.html and one PNG per model (beside the report unless `out_dir`);
-    with a baseline, both side by side and every row's change. Returns the paths written."""
+    """Write report.md, report.html and one PNG per model (beside the report unless `out_dir`),
+    and one more each for its streamed rows and its generative rows, where it has them; with a
+    baseline, both side by side and every row's change. Returns the paths written."""
     from rnnc.reports import html, markdown, plots
 
     report = schema.load(Path(report_path))
@@ -26,12 +27,18 @@ def render(report_path: Path, baseline_path: Path | None = None, out_dir: Path |
     changes = None
     if baseline is not None:
         changes = {c.key: c for c in compare_reports(baseline, report, 0.10, default_mode(report, baseline))}
-    images, written = {}, []
+    images: dict[str, list[tuple[str, str]]] = {}
+    written = []
     for model in report["models"]:
-        png = plots.plot_model(report, model, out_dir / f"plot-{_slug(model)}.png", baseline)
-        if png is not None:
-            images[model] = png.name
-            written.append(png)
+        slug = _slug(model)
+        for caption, png in (
+                ("throughput and speed-up over torch", plots.plot_model(report, model, out_dir / f"plot-{slug}.png",
+                                                                        baseline)),
+                ("latency per chunk, streamed", plots.plot_stream(report, model, out_dir / f"plot-{slug}-stream.png")),
+                ("ms per generated step", plots.plot_generation(report, model, out_dir / f"plot-{slug}-steps.png"))):
+            if png is not None:
+                images.setdefault(model, []).append((caption, png.name))
+                written.append(png)
     blocks = content.document(report, baseline, images, changes)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(markdown.render(blocks))

@@ -21,10 +21,10 @@ class Block:
     image: str = ""  # path relative to the rendered files
 
 
-def document(report: dict[str, Any], baseline: dict[str, Any] | None, images: dict[str, str],
+def document(report: dict[str, Any], baseline: dict[str, Any] | None, images: dict[str, list[tuple[str, str]]],
              changes: dict[schema.RowKey, Any] | None = None) -> list[Block]:
-    """The blocks of a report; `images` maps a model to its plot, `changes` a row key to its
-    `gate.RowChange` against the baseline."""
+    """The blocks of a report; `images` maps a model to its plots, each (caption, file), and
+    `changes` a row key to its `gate.RowChange` against the baseline."""
     models = list(report["models"])
     blocks = [Block("h1", f"rnnc bench: {', '.join(models) if len(models) <= 3 else f'{len(models)} models'}"
                           f" on {report['target']}")]
@@ -53,7 +53,7 @@ def document(report: dict[str, Any], baseline: dict[str, Any] | None, images: di
                                  "both builds measured in the same rounds."))
     blocks += _environment(report, baseline)
     for name in models:
-        blocks += _model(report, baseline, name, images.get(name), changes)
+        blocks += _model(report, baseline, name, images.get(name, []), changes)
     return blocks
 
 
@@ -78,7 +78,7 @@ def _environment(report: dict[str, Any], baseline: dict[str, Any] | None) -> lis
     return [Block("h2", "Environment"), Block("table", header=header, rows=rows)]
 
 
-def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, image: str | None,
+def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, images: list[tuple[str, str]],
            changes: dict[schema.RowKey, Any] | None) -> list[Block]:
     info = report["models"][name]
     blocks = [Block("h2", name)]
@@ -92,10 +92,13 @@ def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, i
         blocks.append(Block("table", header=("backend", "status", "build s", "artifact", "rel err", "reason"),
                             rows=rows, right=(2, 3, 4)))
     rows = [r for r in report["rows"] if r["model"] == name]
-    torch_ms = {(r["batch_size"], r["seq_len"]): r["median_ms"] for r in rows
+    blocks += _kinds(rows)
+    torch_ms = {(r["batch_size"], r["seq_len"], r.get("mode")): r["median_ms"] for r in rows
                 if r["backend"] == "torch" and r["status"] == "ok"}
-    header = ("backend", "batch", "seq", "median ms", "IQR ms", "p90 ms", "p99 ms", "seq/s", "tokens/s",
-              "vs torch", "cv", "n")
+    extra = extra_columns(rows)
+    streamed = any(r.get("mode") == "stream" for r in rows)
+    header = ("backend", "batch", "chunk" if streamed else "seq", "median ms", "IQR ms", "p90 ms", "p99 ms", "seq/s",
+              "tokens/s", *(h for h, _ in extra), "vs torch", "cv", "n")
     if changes is not None:
         header += ("base ms", "change", "95% CI", "verdict")
     header += ("note",)
@@ -103,13 +106,15 @@ def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, i
     for r in rows:
         key = schema.row_key(r)
         if r["status"] != "ok":
-            cells = (r["backend"], str(r["batch_size"]), str(r["seq_len"]), r["status"].upper(), *([""] * 8))
+            cells = (r["backend"], str(r["batch_size"]), str(r["seq_len"]), r["status"].upper(),
+                     *([""] * (8 + len(extra))))
             note = r.get("reason") or ""
         else:
-            t = torch_ms.get((r["batch_size"], r["seq_len"]))
+            t = torch_ms.get((r["batch_size"], r["seq_len"], r.get("mode")))
             warn = " ⚠" if r.get("warning") else ""
             cells = (r["backend"], str(r["batch_size"]), str(r["seq_len"]), _ms(r["median_ms"]), _ms(r["iqr_ms"]),
                      _ms(r["p90_ms"]), _ms(r["p99_ms"]), _rate(r["sequences_per_s"]), _rate(r["tokens_per_s"]),
+                     *(cell(r) for _, cell in extra),
                      f"{t / r['median_ms']:.2f}x" if t else "-", f"{r.get('cv', 0):.1%}{warn}",
                      str(len(r["samples_ms"])))
             note = r.get("warning") or ""
@@ -117,8 +122,8 @@ def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, i
             c = changes.get(key)
             cells += _change_cells(c)
         table.append(cells + (note,))
-    blocks.append(Block("table", header=header, rows=tuple(table), right=tuple(range(1, 12)) +
-                        ((12, 13) if changes is not None else ())))
+    right = tuple(i for i, h in enumerate(header) if h not in ("backend", "95% CI", "verdict", "note"))
+    blocks.append(Block("table", header=header, rows=tuple(table), right=right))
     checked = [r["check"] for r in rows if r.get("check")]
     if checked:
         worst = max((c["rel_err"] for c in checked if c.get("rel_err") is not None), default=None)
@@ -127,8 +132,46 @@ def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, i
                                  f"reference on the inputs they were timed on (worst rel err "
                                  f"{'-' if worst is None else f'{worst:.1e}'})"
                                  + (f"; {wrong} did not and were not timed." if wrong else ".")))
-    if image:
-        blocks.append(Block("image", text=f"{name}: throughput and speed-up over torch", image=image))
+    for caption, image in images:
+        blocks.append(Block("image", text=f"{name}: {caption}", image=image))
+    return blocks
+
+
+def extra_columns(rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The columns of stream and generation rows, (header, cell of a timed row), each only where
+    some row has it, so that a plain report's table stays as it was."""
+    def has(key: str) -> bool:
+        return any(r.get(key) is not None for r in rows if r["status"] == "ok")
+
+    def num(key: str, fmt: Any) -> Any:
+        return lambda r: "-" if r.get(key) is None else fmt(r[key])
+
+    columns = [("chunks/s", "chunks_per_s", _rate), ("RTF", "rtf", lambda v: f"{v:.3g}"),
+               ("bind ms", "bind_ms", _ms), ("steps", "steps", str), ("ms/step", "ms_per_step", _ms),
+               ("steps/s", "steps_per_s", _rate), ("first step ms", "first_step_ms", _ms)]
+    return [(header, num(key, fmt)) for header, key, fmt in columns if has(key)]
+
+
+def _kinds(rows: list[dict[str, Any]]) -> list[Block]:
+    """What the columns of stream and generation rows mean, where the model has such rows."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    blocks = []
+    if any(r.get("mode") == "stream" for r in rows):
+        chunk = next((r["chunk_ms"] for r in ok if r.get("chunk_ms") is not None), None)
+        blocks.append(Block("p", "Streamed (`rnnc bench --stream`): each call is one chunk of `chunk` steps on "
+                                 "fresh inputs, the state carried from the call before (each backend its own "
+                                 "stream, never reset between samples); the times are per chunk. chunks/s is "
+                                 "1000 / median ms" + (f"; RTF, the real-time factor, is median ms / {chunk:g} ms "
+                                                       f"(the real time of one chunk): below 1 keeps up"
+                                                       if chunk is not None else "")
+                                 + ". bind ms is `runner.bind(**arrays)` alone on the same inputs (checking and "
+                                   "converting them): the floor under each chunk."))
+    steps = sorted({r["steps"] for r in ok if r.get("steps") is not None})
+    if steps:
+        blocks.append(Block("p", f"Generative: each call generates {', '.join(map(str, steps))} steps. ms/step is "
+                                 "median ms / steps, steps/s the steps each sequence of the batch advances per "
+                                 "second; first step ms (where the backend can run one step alone) is the "
+                                 "latency to the first step."))
     return blocks
 
 

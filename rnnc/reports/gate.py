@@ -26,6 +26,9 @@ moved 10-28% together, while the calibration matmul measured in the same rounds 
 `auto`, the default: `ab` when the two reports are the halves of one A/B run (and with no
 `--baseline`, the report's own other half), else `common`. A backend that ran in the baseline and
 fails now fails the gate too; one missing or skipped now is listed but does not fail it.
+
+Stream rows (`rnnc bench --stream`) are judged like any other, on their per-chunk samples; their
+key carries the mode, and a streamed report is never compared with a plain one (exit 2).
 """
 from __future__ import annotations
 
@@ -139,6 +142,10 @@ def check_comparable(baseline: dict[str, Any], report: dict[str, Any], normalize
     if threads[0] != threads[1]:
         raise UserError(f"reports measured with different thread counts: {threads[0]} against {threads[1]} "
                         f"in the baseline (rnnc bench --threads)")
+    modes = [_stream(r) for r in (report, baseline)]
+    if modes[0] != modes[1]:
+        raise UserError(f"reports of different kinds: a {modes[0]} report against a {modes[1]} baseline "
+                        f"(a streamed chunk and a plain call are different measurements)")
     common = [m for m in report["models"] if m in baseline["models"]]
     if not common:
         mine, theirs = ", ".join(report["models"]) or "-", ", ".join(baseline["models"]) or "-"
@@ -156,6 +163,12 @@ def check_comparable(baseline: dict[str, Any], report: dict[str, Any], normalize
         for which, r in (("report", report), ("baseline", baseline)):
             if not r["calibration"].get("samples_ms"):
                 raise UserError(f"--mode normalized: the {which} has no calibration samples")
+
+
+def _stream(report: dict[str, Any]) -> str:
+    """`--stream` or plain: from the settings, or from the rows of a report without them."""
+    streamed = (report.get("settings") or {}).get("stream") or any(r.get("mode") == "stream" for r in report["rows"])
+    return "--stream" if streamed else "plain"
 
 
 def _threads(report: dict[str, Any]) -> Any:
@@ -251,12 +264,12 @@ def _common_mode(base_rows: dict[schema.RowKey, Any], new_rows: dict[schema.RowK
                  max_regression: float) -> dict[schema.RowKey, tuple[stats.Comparison, stats.Comparison]]:
     """Common-mode comparisons of every shape where three or more backends ran in both reports, and
     each shape's shared drift, judged against the threshold on top of `DRIFT_ALLOWANCE`."""
-    groups: dict[tuple[str, int, int], list[schema.RowKey]] = {}
+    groups: dict[tuple[Any, ...], list[schema.RowKey]] = {}
     for key, b in base_rows.items():
         n = new_rows.get(key)
         if b["status"] == "ok" and n is not None and n["status"] == "ok" and b.get("has_samples", True) \
                 and n.get("has_samples", True):
-            groups.setdefault((key[0], key[2], key[3]), []).append(key)
+            groups.setdefault(key[:1] + key[2:], []).append(key)  # a shape (and mode): its backends together
     out = {}
     for keys in groups.values():
         if len(keys) < 3:
@@ -315,7 +328,8 @@ def format_changes(changes: list[RowChange], max_regression: float, mode: str, c
         cmp = c.cmp
         ci = f"[{cmp.ci_low - 1:+.1%}, {cmp.ci_high - 1:+.1%}]" if cmp and not math.isnan(cmp.ci_low) else "-"
         change = f"{cmp.ratio - 1:+.1%}" if cmp else f"{c.new / c.base - 1:+.1%}" if c.base and c.new else "-"
-        rows.append((c.key[0], c.key[1], str(c.key[2]), str(c.key[3]), _num(c.base), _num(c.new), change, ci,
+        rows.append((c.key[0], schema.key_label(c.key), str(c.key[2]), str(c.key[3]), _num(c.base), _num(c.new),
+                     change, ci,
                      f"{cmp.p_slower:.3f}" if cmp and not math.isnan(cmp.p_slower) else "-",
                      f"{c.cv:.1%}" if c.cv is not None else "-", c.verdict, _why(c, max_regression)))
     counts: dict[str, int] = {}
@@ -324,7 +338,7 @@ def format_changes(changes: list[RowChange], max_regression: float, mode: str, c
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     failed = [c for c in changes if c.verdict in FAILING]
     verdict = (f"gate FAILED: {len(failed)} of {len(changes)} rows regressed past {max_regression:.0%} "
-               f"({', '.join(f'{c.key[1]} b{c.key[2]} s{c.key[3]}' for c in failed[:6])}"
+               f"({', '.join(f'{schema.key_label(c.key)} b{c.key[2]} s{c.key[3]}' for c in failed[:6])}"
                f"{', ...' if len(failed) > 6 else ''})"
                if code else f"gate passed: no row slower than {max_regression:.0%} beyond its noise")
     return "\n".join([f"gate mode: {mode} ({MODE_NAMES[mode]})", "",

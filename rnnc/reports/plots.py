@@ -3,9 +3,12 @@
 Top row: throughput (tokens/s) against sequence length, a line per backend, a panel per batch
 size, the interquartile range as error bars; the baseline, when given, dashed in the same colour.
 Bottom row: speed-up over the torch reference (torch median / backend median) at each point.
+Beside it, for streamed rows, latency per chunk against chunk length (`plot_stream`), and for
+generative models, milliseconds per generated step (`plot_generation`).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 _COLORS = {"torch": "#1f77b4", "torchscript": "#ff7f0e", "onnxruntime": "#2ca02c", "tvm": "#d62728"}
 
@@ -93,3 +97,89 @@ def plot_model(report: dict[str, Any], model: str, path: Path, baseline: dict[st
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _panels(rows: list[dict[str, Any]], panel: str, x: str, y: str, path: Path, title: str, xlabel: str,
+            ylabel: str, line: float | None = None, line_label: str = "", floor: str | None = None) -> Path:
+    """A figure of `y` against `x`, a line per backend, a panel per value of `panel`; `line`, when
+    given, a dotted horizontal reference (the real-time budget of a chunk); `floor`, a key drawn
+    dashed in the backend's colour where rows have it (the bind floor under a chunk)."""
+    values = sorted({r[panel] for r in rows})
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    legend_in = 2.2
+    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values) + legend_in, 3.8), squeeze=False)
+    for col, value in enumerate(values):
+        ax = axes[0][col]
+        for i, backend in enumerate(backends):
+            series = sorted((r for r in rows if r["backend"] == backend and r[panel] == value), key=lambda r: r[x])
+            color = _COLORS.get(backend, f"C{4 + i}")
+            if series:
+                ax.plot([r[x] for r in series], [r[y] for r in series], color=color, marker="o", ms=4, label=backend)
+            low = [r for r in series if floor and r.get(floor) is not None]
+            if low:
+                ax.plot([r[x] for r in low], [r[floor] for r in low], color=color, linestyle="--", alpha=0.6,
+                        marker="x", ms=4, label=f"{backend} bind()")
+        if line is not None:
+            ax.axhline(line, color="0.3", linestyle=":", linewidth=1, label=line_label)
+        xs = sorted({r[x] for r in rows if r[panel] == value})
+        if len(xs) > 1 and xs[0] > 0:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(v) for v in xs])
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_two_and_five))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"{panel.replace('_', ' ')} {value}")
+        ax.set_xlabel(xlabel)
+        if col == 0:
+            ax.set_ylabel(ylabel)
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - legend_in / fig.get_figwidth(), 0.93))
+    fig.legend(handles, labels, loc="center right", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _two_and_five(value: float, _: Any) -> str:
+    """Minor log ticks labelled at 2 and 5 of each decade only, so that a narrow range has labels."""
+    if value <= 0:
+        return ""
+    lead = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if lead in (2, 5) else ""
+
+
+def plot_stream(report: dict[str, Any], model: str, path: Path) -> Path | None:
+    """Latency per chunk against chunk length, a line per backend, a panel per batch size, and
+    the real time of a chunk (--chunk-ms) as the line to stay under; None when no stream row ran."""
+    rows = [r for r in report["rows"] if r["model"] == model and r["status"] == "ok" and r.get("mode") == "stream"]
+    if not rows:
+        return None
+    budget = next((r["chunk_ms"] for r in rows if r.get("chunk_ms") is not None), None)
+    return _panels(rows, "batch_size", "seq_len", "median_ms", path,
+                   f"{model} streamed on {report['target']}: latency per chunk, lower is better",
+                   "chunk length (steps)", "median ms per chunk (dashed: bind() alone)", budget,
+                   f"real time of a chunk ({budget:g} ms)" if budget is not None else "", floor="bind_ms")
+
+
+def plot_generation(report: dict[str, Any], model: str, path: Path) -> Path | None:
+    """Milliseconds per generated step against the steps generated, a panel per batch size; with
+    one steps value (a model's spec fixes it) against batch size, a panel per sequence length.
+    None when no row of it generates."""
+    rows = [r for r in report["rows"] if r["model"] == model and r["status"] == "ok" and r.get("steps")]
+    if not rows:
+        return None
+    if len({r["steps"] for r in rows}) > 1:
+        panel, x, xlabel = "batch_size", "steps", "steps generated per call"
+    else:
+        panel, x, xlabel = "seq_len", "batch_size", f"batch size ({rows[0]['steps']} steps per call)"
+    return _panels(rows, panel, x, "ms_per_step", path,
+                   f"{model} generating on {report['target']}: ms per step, lower is better", xlabel, "ms per step")

@@ -11,9 +11,9 @@ from typing import Any
 
 from rnnc.stats import percentile
 from rnnc.errors import UserError
-from rnnc.records.report import RowKey, checked, new_report, read_json, row_key, upgrade
+from rnnc.records.report import RowKey, checked, key_label, new_report, read_json, row_key, upgrade
 
-__all__ = ["RowKey", "from_pytest_benchmark", "load", "row_key"]
+__all__ = ["RowKey", "from_pytest_benchmark", "key_label", "load", "row_key"]
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -13,9 +13,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rnnc.history import HistoryRow, HistoryRun, Step, find_steps, keys, series
-from rnnc.records.report import RowKey
+from rnnc.records.report import RowKey, key_label
 from rnnc.reports.tables import text_table
 
 FEW_RUNS = 12  # up to this many runs, the plot's x axis names each run's revision
@@ -69,7 +70,7 @@ def table(found: list[Trend]) -> str:
     lines = []
     for t in found:
         first, last = t.medians[0], t.medians[-1]
-        lines.append((t.key[0], t.key[1], str(t.key[2]), str(t.key[3]), t.precision, str(len(t.points)),
+        lines.append((t.key[0], key_label(t.key), str(t.key[2]), str(t.key[3]), t.precision, str(len(t.points)),
                       f"{first:.4g}", f"{last:.4g}", f"{last / first - 1:+.1%}",
                       "; ".join(describe_step(t, s) for s in t.steps) or "-"))
     return text_table(header, lines, right=range(2, 9))
@@ -90,15 +91,15 @@ def plot(runs: list[HistoryRun], found: list[Trend], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: dict[tuple[str, int, int], list[Trend]] = {}
+    panels: dict[tuple[Any, ...], list[Trend]] = {}  # (model, batch, seq), and the mode of stream rows
     for t in found:
-        panels.setdefault((t.key[0], t.key[2], t.key[3]), []).append(t)
+        panels.setdefault(t.key[:1] + t.key[2:], []).append(t)
     cols = len(panels) if len(panels) <= 3 else min(3, math.ceil(math.sqrt(len(panels))))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows + 0.6), squeeze=False)
     backends = list(dict.fromkeys(t.key[1] for t in found))
     few = len(runs) <= FEW_RUNS
-    for ax, ((model, batch, seq), group) in zip(axes.flat, panels.items()):
+    for ax, ((model, batch, seq, *mode), group) in zip(axes.flat, panels.items()):
         labels_at: dict[float, int] = {}  # steps of several backends at one run: labels stacked
         for t in group:
             color = _COLORS.get(t.key[1], f"C{4 + backends.index(t.key[1]) % 6}")
@@ -106,17 +107,18 @@ def plot(runs: list[HistoryRun], found: list[Trend], path: Path) -> Path:
             q1 = [row.q1_ms if row.q1_ms is not None else row.median_ms for _, row in t.points]
             q3 = [row.q3_ms if row.q3_ms is not None else row.median_ms for _, row in t.points]
             ax.fill_between(x, q1, q3, color=color, alpha=0.2, linewidth=0)
-            ax.plot(x, t.medians, color=color, marker="o", ms=3, linewidth=1.2, label=t.key[1])
+            ax.plot(x, t.medians, color=color, marker="o", ms=3, linewidth=1.2, label=key_label(t.key))
             for step in t.steps:
                 before, after = t.around(step)
                 at = (before.run_id + after.run_id) / 2
                 ax.axvline(at, color=color, linestyle="--", linewidth=1)
                 stacked = labels_at.get(at, 0)
                 labels_at[at] = stacked + 1
-                ax.annotate(f"{t.key[1]} {step.change:+.1%}", (at, 1.0), xycoords=("data", "axes fraction"),
+                ax.annotate(f"{key_label(t.key)} {step.change:+.1%}", (at, 1.0), xycoords=("data", "axes fraction"),
                             xytext=(3, -3 - 11 * stacked), textcoords="offset points", ha="left", va="top",
                             color=color, fontsize=8, fontweight="bold")
-        ax.set_title(f"{model}, batch {batch}, seq {seq}", fontsize=10)
+        ax.set_title(f"{model}, batch {batch}, {'chunk' if mode else 'seq'} {seq}"
+                     + (f" ({mode[0]})" if mode else ""), fontsize=10)
         ax.set_ylabel("median ms")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")

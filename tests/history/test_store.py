@@ -241,3 +241,25 @@ def test_concurrent_appends_to_a_new_postgres_database(postgres_url):
     ids = _concurrent_appends(where)  # the first appends race to create the tables
     runs = history.load(where)
     assert sorted(ids) == [r.run_id for r in runs] and len(set(ids)) == 12
+
+
+def test_a_version_1_history_is_read_and_upgraded_by_the_next_append(tmp_path):
+    """Schema 2 adds the rows' mode (a stream row's key carries it): a version 1 file reads as
+    plain rows, and the next append upgrades it in place."""
+    from tests.reports.synth import streamed
+
+    path = tmp_path / "h.db"
+    history.append(str(path), _report(0))
+    with sqlite3.connect(path) as db:  # what rnnc wrote before schema 2
+        db.execute("ALTER TABLE rnnc_rows DROP COLUMN mode")
+        db.execute("UPDATE rnnc_meta SET value = '1' WHERE key = 'schema_version'")
+    [old] = history.load(str(path))
+    assert old.rows[0].mode is None and len(old.rows[0].key) == 4
+    stream_report = streamed()
+    stream_report["settings"]["threads"] = 4
+    history.append(str(path), stream_report)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM rnnc_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    old, new = history.load(str(path))
+    assert {r.mode for r in old.rows} == {None} and {r.key[-1] for r in new.rows} == {"stream"}
+    assert history.series([old, new], ("m", "torch", 1, 4, "stream"))[0][0] is new

@@ -40,3 +40,31 @@ def standard(scale: dict[str, float] | None = None, seed: int = 0, **kw: Any) ->
     rows = [row(b, batch, seq, base * seq / 8 * batch ** 0.5 * scale.get(b, 1.0), seed=seed)
             for b, base in (("torch", 1.0), ("onnxruntime", 0.4)) for batch in (1, 4) for seq in (8, 32)]
     return report(rows, **kw)
+
+
+def stream_row(backend: str, batch: int, chunk: int, center_ms: float, chunk_ms: float | None = None,
+               **kw: Any) -> dict[str, Any]:
+    """A `--stream` row: per-chunk times, chunks/s, the bind floor, and the rtf with `chunk_ms`."""
+    r = row(backend, batch, chunk, center_ms, **kw)
+    r.update(mode="stream", chunks_per_s=1000 / r["median_ms"], bind_ms=center_ms / 10, chunk_calls=200)
+    if chunk_ms is not None:
+        r.update(chunk_ms=chunk_ms, rtf=r["median_ms"] / chunk_ms)
+    return r
+
+
+def generation(r: dict[str, Any], steps: int, first_step_ms: float | None = None) -> dict[str, Any]:
+    """The row of a generative model: `steps` generated per call."""
+    r = dict(r, steps=steps, ms_per_step=r["median_ms"] / steps, steps_per_s=1000 * steps / r["median_ms"])
+    return r if first_step_ms is None else dict(r, first_step_ms=first_step_ms)
+
+
+def streamed(scale: dict[str, float] | None = None, seed: int = 0, chunk_ms: float | None = 10.0) -> dict[str, Any]:
+    """torch, onnxruntime and tvm streamed in chunks of 4 and 16 at batch 1 and 2."""
+    scale = scale or {}
+    rows = [stream_row(b, batch, chunk, base * chunk / 4 * batch ** 0.5 * scale.get(b, 1.0),
+                       chunk_ms if chunk == 4 else None, seed=seed)
+            for b, base in (("torch", 1.0), ("onnxruntime", 0.4), ("tvm", 0.3)) for batch in (1, 2)
+            for chunk in (4, 16)]
+    r = report(rows)
+    r["settings"]["stream"] = True
+    return r

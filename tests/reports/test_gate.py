@@ -184,3 +184,44 @@ def test_mode_flags(tmp_path, cli):
     assert code == 2 and "unknown mode 'bogus'" in err and err.count("\n") == 1
     code, out, err = cli("gate", new)
     assert code == 2 and "give --baseline" in err
+
+
+# -- stream rows ---------------------------------------------------------------------------------
+
+def test_stream_rows_are_gated_like_any_row(tmp_path):
+    """A rerun passes in the default (common) mode, one backend a quarter slower per chunk fails
+    its rows only, and the table names the rows as streamed."""
+    from tests.reports.synth import streamed
+
+    base = write(tmp_path, "b.json", streamed(seed=1))
+    assert gate(write(tmp_path, "same.json", streamed({"torch": 1.1, "onnxruntime": 1.1, "tvm": 1.1}, seed=2)),
+                base, 0.10)[0] == 0  # shared drift divides out
+    code, table = gate(write(tmp_path, "n.json", streamed({"tvm": 1.25}, seed=2)), base, 0.10)
+    lines = [line for line in table.splitlines() if line.startswith("m ")]
+    assert code == 1 and len(lines) == 12 and all("(stream)" in line for line in lines)
+    assert all(("FAIL" in line) == ("tvm" in line) for line in lines), table
+    assert "gate FAILED: 4 of 12 rows regressed past 10% (tvm (stream) b1 s4" in table
+
+
+def test_a_streamed_report_against_a_plain_baseline_is_refused(tmp_path, cli):
+    from tests.reports.synth import streamed
+
+    code, _, err = cli("gate", write(tmp_path, "n.json", streamed()), "--baseline",
+                       write(tmp_path, "b.json", standard()))
+    assert code == 2 and err.count("\n") == 1
+    assert "reports of different kinds: a --stream report against a plain baseline" in err
+
+
+def test_common_mode_groups_a_shape_of_one_kind():
+    """A plain and a stream row of one shape are not backends of one shape's drift group."""
+    from rnnc.reports.gate import compare_reports
+    from tests.reports.synth import stream_row
+
+    rows = [row(b, 1, 4, 1.0 * i) for i, b in enumerate(("torch", "onnxruntime", "tvm"), 1)]
+    base = report(rows + [stream_row("torch", 1, 4, 2.0)])
+    new = report([row(b, 1, 4, 1.0 * i, seed=3) for i, b in enumerate(("torch", "onnxruntime", "tvm"), 1)]
+                 + [stream_row("torch", 1, 4, 4.0, seed=3)])
+    changes = {c.key: c for c in compare_reports(base, new, 0.10, "common")}
+    assert changes[("m", "torch", 1, 4, "stream")].verdict == "FAIL"  # twice slower, judged on its own
+    assert "fewer than 3 backends" in changes[("m", "torch", 1, 4, "stream")].note
+    assert all(changes[("m", b, 1, 4)].verdict == "same" for b in ("torch", "onnxruntime", "tvm"))

@@ -114,3 +114,26 @@ def test_the_report_already_appended_is_not_part_of_its_own_band(past, tmp_path)
     history.append(past, slow)  # as `rnnc bench --history` does before `rnnc gate --history`
     code, table = gate(write(tmp_path, "slow.json", slow), None, 0.10, history=past)
     assert code == 1 and "band of 15 runs" in table
+
+
+def test_stream_rows_have_a_history_of_their_own(tmp_path):
+    """A history of plain runs and streamed runs of the same shapes: a streamed row, three times
+    a plain call's time, is judged against the streamed runs only."""
+    from tests.reports.synth import stream_row
+
+    def streamed_run(seed: int, scale: float = 1.0) -> dict:
+        rng = np.random.default_rng(seed)
+        r = report([stream_row(b, 1, 8, 3 * base * float(np.exp(rng.normal(0, 0.02))) * scale, seed=seed)
+                    for b, base in (("torch", 1.0), ("onnxruntime", 0.4))])
+        r["settings"]["stream"] = True
+        return r
+
+    path = str(tmp_path / "h.sqlite")
+    for seed in range(12):
+        history.append(path, run({}, seed))
+        history.append(path, streamed_run(seed))
+    keys = history.keys(history.load(path))
+    assert ("m", "onnxruntime", 1, 8) in keys and ("m", "onnxruntime", 1, 8, "stream") in keys
+    code, table = gate(write(tmp_path, "s.json", streamed_run(99)), None, 0.10, history=path)
+    assert code == 0 and table.count("band of 12 runs") == 2 and "onnxruntime (stream)" in table, table
+    assert gate(write(tmp_path, "slow.json", streamed_run(98, 1.5)), None, 0.10, history=path)[0] == 1
