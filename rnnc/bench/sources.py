@@ -26,6 +26,7 @@ class Source:
     path: Path
     compiled: bool
     shapes: list[tuple[int, int]] | None  # None: known only once the model is loaded
+    fixed_seq: int | None = None  # one_to_many: one step in, `steps` out: its rows' seq_len is the steps
 
 
 def resolve_sources(path: Path) -> list[Source]:
@@ -34,7 +35,8 @@ def resolve_sources(path: Path) -> list[Source]:
         raise UserError(f"{path}: no such file or directory")
     if path.is_dir():
         if (path / MANIFEST).is_file():
-            return [Source(path, True, [tuple(s) for s in read_manifest(path).shapes])]
+            manifest = read_manifest(path)
+            return [Source(path, True, [tuple(s) for s in manifest.shapes], one_step_steps(manifest.spec))]
         specs = sorted(p for p in path.iterdir() if p.suffix.lower() in SPEC_SUFFIXES and p.is_file())
         if not specs:
             raise UserError(f"{path}: neither a compiled DIR (no manifest.json) nor a folder of specs (no *.yaml)")
@@ -43,9 +45,13 @@ def resolve_sources(path: Path) -> list[Source]:
 
 
 def sweep_shapes(
-    defaults: Sequence[tuple[int, int]] | None, seq_lens: list[int] | None, batch_sizes: list[int] | None
+    defaults: Sequence[tuple[int, int]] | None, seq_lens: list[int] | None, batch_sizes: list[int] | None,
+    fixed_seq: int | None = None,
 ) -> list[tuple[int, int]] | None:
-    """(batch, seq) pairs: the model's defaults, with either axis replaced by its flag."""
+    """(batch, seq) pairs: the model's defaults, with either axis replaced by its flag; a one_to_many
+    model's seq is its `fixed_seq` (the steps it generates) whatever --seq-lens says."""
+    if fixed_seq is not None:
+        seq_lens = [fixed_seq]
     if defaults is None and (seq_lens is None or batch_sizes is None):
         return None
     defaults = list(defaults or [])
@@ -72,8 +78,16 @@ def fingerprint(model: Model) -> str:
 def file_source(path: Path) -> Source:
     if path.suffix.lower() in SPEC_SUFFIXES:
         spec = load_spec(path)  # a bad spec is refused here, before any work
-        return Source(path, False, [(b, s) for b in spec.shapes.batch_sizes for s in spec.shapes.seq_lens])
+        steps = one_step_steps(spec.normalised())
+        seqs = [steps] if steps else spec.shapes.seq_lens
+        return Source(path, False, [(b, s) for b in spec.shapes.batch_sizes for s in seqs], steps)
     return Source(path, False, None)
+
+
+def one_step_steps(spec: dict[str, Any] | None) -> int | None:
+    """The steps of a one_to_many spec (its input is one step, so --seq-lens does not apply to it)."""
+    output = (spec or {}).get("output") or {}
+    return output.get("steps") if output.get("mode") == "one_to_many" else None
 
 
 def default_out(source: Path, sources: list[Source], target: str) -> Path:

@@ -21,7 +21,8 @@ from rnnc.bench import measure
 from rnnc.bench import stream as streaming
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
-from rnnc.bench.sources import Source, default_out, fingerprint, open_source, resolve_sources, sweep_shapes
+from rnnc.bench.sources import (Source, default_out, fingerprint, one_step_steps, open_source, resolve_sources,
+                                sweep_shapes)
 from rnnc.errors import UserError
 from rnnc.graphs.model import Model
 from rnnc.progress import SILENT, Progress
@@ -115,7 +116,7 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
                streamed: streaming.Options | None = None) -> None:
     out_dir = report_path.parent
     old_path = out_dir / ab.AGAINST / REPORT
-    plans = [(src, sweep_shapes(src.shapes, seq_lens, batch_sizes)) for src in sources]
+    plans = [(src, sweep_shapes(src.shapes, seq_lens, batch_sizes, src.fixed_seq)) for src in sources]
     for _, shapes in plans:  # refused before any compile where the shapes are known
         streaming.check_chunk_lengths(streamed, {s for _, s in shapes or []})
     bar = SweepProgress(progress, sum(len(shapes) * len(backends) for _, shapes in plans if shapes is not None))
@@ -124,7 +125,7 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
                                                  resume, bar.child(), imports, threads, streamed is not None,
                                                  lambda name=src.path.name: bar.show(f"{name}: compiling"))
         if shapes is None:
-            shapes = sweep_shapes(model.shapes, seq_lens, batch_sizes)
+            shapes = sweep_shapes(model.shapes, seq_lens, batch_sizes, _fixed_seq(model))
             streaming.check_chunk_lengths(streamed, {s for _, s in shapes})
             bar.grow(len(shapes) * len(backends))
         _record_model(report, model, manifest, model_dir, src.path, out_dir)
@@ -140,6 +141,10 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
     if pair is not None:
         pair[0]["finished"] = True
         schema.write_atomic(old_path, pair[0])
+
+
+def _fixed_seq(model: Model) -> int | None:
+    return one_step_steps(model.source.get("spec")) if model.source.get("kind") == "spec" else None
 
 
 def exit_code(report: dict[str, Any]) -> int:

@@ -263,3 +263,14 @@ def test_a_generative_spec_has_step_rows(write_spec, tmp_path):
     [r] = report["rows"]
     assert r["steps"] == 6 and r["ms_per_step"] == pytest.approx(r["median_ms"] / 6, rel=1e-3)
     assert "first_step_ms" not in r and "mode" not in r
+
+
+def test_a_one_step_model_rows_are_its_steps_whatever_seq_lens_say(write_spec, tmp_path):
+    """one_to_many takes one step and generates `steps`: a row's seq_len is the steps, never a
+    --seq-lens value that its input does not have (nor duplicated rows, one per seq_len)."""
+    spec = write_spec(make_spec(output={"mode": "one_to_many", "steps": 6, "dense": {"units": 5, "activation": "tanh"}},
+                                shapes={"batch_sizes": [1], "seq_lens": [3, 9]}))
+    for source in (spec, tmp_path / "out"):  # the spec, then the DIR it compiled
+        report = run_bench(source, "cpu", ["onnxruntime"], seq_lens=[16, 64], out_dir=tmp_path / "out",
+                           settings=QUICK, threads=1)
+        assert [(r["batch_size"], r["seq_len"], r["steps"]) for r in report["rows"]] == [(1, 6, 6)]
