@@ -6,6 +6,8 @@ how fast.
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -262,7 +264,11 @@ def test_a_generative_spec_has_step_rows(write_spec, tmp_path):
     report = run_bench(spec, "cpu", ["onnxruntime"], out_dir=tmp_path / "out", settings=QUICK, threads=1)
     [r] = report["rows"]
     assert r["steps"] == 6 and r["ms_per_step"] == pytest.approx(r["median_ms"] / 6, rel=1e-3)
-    assert "first_step_ms" not in r and "mode" not in r
+    assert "mode" not in r
+    # the first step: the same spec generating one step, compiled once beside the report
+    twin = json.loads((tmp_path / "out" / "t-first-step" / "manifest.json").read_text())
+    assert twin["spec"]["output"]["steps"] == 1 and twin["backends"]["onnxruntime"]["verification"]["passed"]
+    assert 0 < r["first_step_ms"]
 
 
 def test_a_one_step_model_rows_are_its_steps_whatever_seq_lens_say(write_spec, tmp_path):
