@@ -313,12 +313,15 @@ def _history(args: argparse.Namespace) -> int:
 
 def _table(manifest: Manifest) -> str:
     """The result table of compile and verify: one row per backend, worst errors over all shapes."""
-    rows = [("backend", "status", "max_abs_err", "rel_err", "tolerance", "shapes", "build_s", "reason")]
+    generates = any(b.verification and b.verification.tokens for b in manifest.backends.values())
+    rows = [("backend", "status", "max_abs_err", "rel_err", "tolerance", "shapes")
+            + (("tokens (ties)",) if generates else ()) + ("build_s", "reason")]
     for name, b in manifest.backends.items():
         v = b.verification
         fmt = lambda x: "-" if x is None else f"{x:.2e}"  # noqa: E731
+        tokens = (f"{v.tokens} ({v.ties})" if v and v.tokens else "-",) if generates else ()
         rows.append((name, b.status, fmt(v and v.max_abs_err), fmt(v and v.rel_err), fmt(v and v.tolerance),
-                     f"{len(b.shapes)}, {v.chain} calls" if v and v.chain else str(len(b.shapes)),
+                     f"{len(b.shapes)}, {v.chain} calls" if v and v.chain else str(len(b.shapes)), *tokens,
                      "-" if b.build_time_s is None else f"{b.build_time_s:.2f}",
                      b.reason or ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -104,6 +104,7 @@ def test_verify_chain_on_a_stateful_generator(compiled, cli) -> None:
     _, out, _ = compiled("chain-generator", generator("gru", state=True))
     code, text, err = cli("verify", out, "--target", "cpu", "--chain", "5")
     assert code == 0, (text, err)
+    assert "tokens (ties)" in text  # generated tokens checked, and the ties among them
     for name in BACKENDS:
         assert any(line.startswith(name) and "5 calls" in line for line in text.splitlines()), text
 
