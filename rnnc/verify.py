@@ -208,6 +208,7 @@ def verify_chain(
     seen: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in runners}
     problems: dict[str, list[str]] = {name: [] for name in runners}
     ties = {name: 0 for name in runners}
+    checked = {name: 0 for name in runners}
     for call in range(calls):
         progress.update(call, calls, f"chain call {call + 1}/{calls}")
         fresh = {k: v for k, v in model.random_inputs(batch, seq, rng).items() if k not in pairs}
@@ -217,15 +218,17 @@ def verify_chain(
             plain = {k: np.asarray(v) for k, v in model.reference64({**fresh, **reference_state[name]}).items()}
             try:
                 got = runner(**fresh, **states[name])
-                want, tied, _, notes = generated_reference(model, {**fresh, **reference_state[name]}, got, plain, limit)
+                want, tied, count, notes = generated_reference(model, {**fresh, **reference_state[name]}, got, plain,
+                                                               limit)
                 errors, found = output_errors(got, want)
                 found += notes
             except Exception as err:  # noqa: BLE001 - a backend crashing is a failed check
-                errors, found, want, tied = {}, [f"{type(err).__name__}: {err}"], plain, 0
+                errors, found, want, tied, count = {}, [f"{type(err).__name__}: {err}"], plain, 0, 0
             if found:
                 problems[name] = [f"call {call + 1}: {p}" for p in found]
                 continue
             ties[name] += tied
+            checked[name] += count
             for out, (e, scale) in errors.items():
                 before = seen[name].get(out, (0.0, 0.0))
                 seen[name][out] = (max(before[0], e), max(before[1], scale))
@@ -240,5 +243,6 @@ def verify_chain(
         results[name] = Verification(
             max_abs_err=None if problems[name] else worst, rel_err=None if problems[name] else rel,
             passed=not problems[name] and rel <= limit, tolerance=limit, inputs_seed=seed,
-            shapes=((batch, seq),), problems=tuple(problems[name][:3]), chain=calls, ties=ties[name])
+            shapes=((batch, seq),), problems=tuple(problems[name][:3]), chain=calls, ties=ties[name],
+            tokens=checked[name])
     return results

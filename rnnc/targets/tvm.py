@@ -8,7 +8,10 @@ same ISA; another ISA is refused with a sentence (`target.check_host`).
 Options (`build(..., options)`): `tune_s` (seconds of search budget, 0 or absent: none; the records
 are cached on disk, see `rnnc.compiler.tvm.tune`), `tune_cache` (a directory for those records),
 `tuning` ({"batch_tile": n, "gemm_rows": m}: fixed tiles, no cache, no search), `mcpu` (LLVM's name of
-the CPU to build for, e.g. "x86-64", in place of this machine's).
+the CPU to build for, e.g. "x86-64", in place of this machine's), `generation` ("fused", the
+default on CPU: a generative spec model's steps all in one PrimFunc, `rnnc.compiler.tvm.fused`;
+"loop": its ONNX Loop as a recursive Relax function, as on CUDA and for imported models; tvm.json
+records which as "generation").
 
 "Built but not verified": `available(target)` answers whether the artifact can be *built* here;
 `runnable(target)` whether it can also *run* here (for `--target cuda` on a machine without a GPU,
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.compiler.tvm import lower, tune
+from rnnc.compiler.tvm import fused, lower, tune
 from rnnc.compiler.tvm import target as host
 from rnnc.errors import Unsupported, UserError
 from rnnc.graphs.model import Model
@@ -72,8 +75,14 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
     else:  # `mcpu`: an older CPU than this one, for a portable library or to measure what the ISA is worth
         tvm_target = {"kind": "llvm", "mcpu": options["mcpu"]} if options.get("mcpu") else host.host_target()
     started = time.perf_counter()
-    tuning, tune_record = tune.choose(model, target, tvm_target, options)
-    lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning)
+    generation = _generation(model, target, options)
+    if generation == "fused":  # the search times the graph's kernels, not the generation kernel: none
+        tuning, tune_record = tune.choose(model, target, tvm_target, {k: v for k, v in options.items()
+                                                                      if k not in ("tune_s", "tune")})
+        lowered = fused.fused_module(model, tuning)
+    else:
+        tuning, tune_record = tune.choose(model, target, tvm_target, options)
+        lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning)
     executable = tvm.compile(lowered.module, tvm.target.Target(tvm_target))
     library = out_dir / LIBRARY
     executable.export_library(str(library))
@@ -87,11 +96,23 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
         "outputs": lowered.outputs,
         "tuning": {**tuning.as_dict(), **tune_record},
         "layers": [_jsonable(layer) for layer in lowered.layers],
+        **({"generation": generation} if generation else {}),
         "build_s": round(time.perf_counter() - started, 3),
         "library_bytes": library.stat().st_size,
     }
     (out_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return [LIBRARY, RECORD]
+
+
+def _generation(model: Model, target: str, options: dict[str, Any]) -> str | None:
+    """How a generative spec model's steps run: "fused" (CPU: every step in one PrimFunc, see
+    `fused`), "loop" (CUDA, or option generation=loop: the ONNX Loop as a recursive Relax function);
+    None for other models (an imported ONNX model's Loop is always the Loop path)."""
+    if model.spec is None or not model.spec.generative:
+        return None
+    if options.get("generation", "fused") not in ("fused", "loop"):
+        raise UserError(f"tvm option generation={options['generation']!r}: expected fused or loop")
+    return "fused" if target == "cpu" and options.get("generation", "fused") == "fused" else "loop"
 
 
 def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
@@ -113,7 +134,12 @@ def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) ->
 
 
 class VMRunner(Runner):
-    """The library's Relax VM: inputs copied to the device once per bind, outputs back as numpy."""
+    """The library's Relax VM. On CPU, inputs and outputs cross without a copy where they can
+    (DLPack): a 64-byte-aligned input array is the VM's input as it is; another is copied at each
+    call into a staging tensor kept per input and shape; outputs come back as numpy views of the
+    VM's own tensors. `tvm.runtime.tensor` and `.numpy()` cost 14 and 7 us per array here, more
+    than the VM's call itself (0.5 us), which is what a streaming call of one step pays. One call
+    at a time per runner (the VM itself is not reentrant either)."""
 
     def __init__(self, path: Path, manifest: Manifest, target: str) -> None:
         import tvm
@@ -123,19 +149,59 @@ class VMRunner(Runner):
         self.device = tvm.cuda(0) if target == "cuda" else tvm.cpu(0)
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), self.device)
         self.main = self.vm["main"]
+        self.cpu = target == "cpu"
+        self._staging: dict[tuple[str, tuple[int, ...], str], tuple[np.ndarray, Any]] = {}
 
     def _prepare(self, arrays: Arrays) -> Call:
         import tvm
 
-        args = [tvm.runtime.tensor(arrays[n], self.device) for n in self.input_names]
         names, main = self.output_names, self.main
+        copies: list[tuple[np.ndarray, np.ndarray]] = []
+        if self.cpu:
+            args = [self._feed(n, arrays[n], copies) for n in self.input_names]
+        else:
+            args = [tvm.runtime.tensor(arrays[n], self.device) for n in self.input_names]
+        host = _view if self.cpu else _host
 
         def call() -> Arrays:
+            for src, dst in copies:
+                np.copyto(dst, src)
             result = main(*args)
             results = [result] if len(names) == 1 else list(result)
-            return {n: _host(r) for n, r in zip(names, results)}
+            return {n: host(r) for n, r in zip(names, results)}
 
         return call
+
+    def _feed(self, name: str, a: np.ndarray, copies: list[tuple[np.ndarray, np.ndarray]]) -> Any:
+        import tvm
+
+        if a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable and a.size:
+            return tvm.runtime.from_dlpack(a)
+        key = (name, a.shape, a.dtype.str)
+        if key not in self._staging:
+            staged = _aligned(a.shape, a.dtype)
+            self._staging[key] = (staged, tvm.runtime.from_dlpack(staged) if staged.size else
+                                  tvm.runtime.tensor(staged, self.device))
+        staged, tensor = self._staging[key]
+        copies.append((a, staged))
+        return tensor
+
+
+def _aligned(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An empty C-contiguous array whose data starts on a 64-byte boundary (what TVM's DLPack
+    import requires, and what its kernels' vector loads assume)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _view(value: Any) -> np.ndarray:
+    """A CPU result as numpy without a copy (DLPack), or `_host`'s copy where it cannot be."""
+    try:
+        return np.from_dlpack(value)
+    except (TypeError, BufferError, RuntimeError, AttributeError):
+        return _host(value)
 
 
 def _host(value: Any) -> np.ndarray:
