@@ -39,6 +39,7 @@ from rnnc.graphs.from_onnx import (check_proto, imported_model, first_line,
                                    model_name, normal_shapes)
 from rnnc.graphs import reference
 from rnnc.graphs.model import Arrays, Model, TensorInfo
+from rnnc.graphs.state import state_pairs
 
 SOURCE_FILE = "source.ts"
 OPSET = 17
@@ -85,8 +86,10 @@ def model_from_torchscript(path: str | Path, shapes: dict[str, Any] | None = Non
         model = imported_model(proto, shapes, name, source, reference64, state=state)
     else:
         inputs, outs, batch_seq = _io_without_onnx(module, names, example, tables, outputs, probe, bound)
+        if state:  # the pairs are checked and recorded as for a model with a graph
+            source["state"] = dict(state)
         model = Model(name=name, inputs=inputs, outputs=outs, onnx=None, reference64=reference64,
-                      shapes=[batch_seq], source=source)
+                      shapes=[batch_seq], source=source, state=state_pairs(inputs, outs, state))
         model.extra["no_onnx"] = no_onnx
     model.extra["reference"] = how
     model.origin = path

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnc.errors import UserError
@@ -145,3 +146,24 @@ def test_if_whose_branches_disagree_is_refused(tmp_path: Path, cli) -> None:
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
     assert "If node 'pick': output 0 is float32 [2, 4] in then_branch but float32 [] in else_branch" in lines[0]
+
+
+class _PassThrough(torch.nn.Module):
+    """Returns its inputs as a list: torch.onnx cannot export it, so the model has no ONNX graph."""
+
+    def forward(self, features: torch.Tensor, h0: torch.Tensor) -> list[torch.Tensor]:
+        return [features * 2, h0 + 1]
+
+
+def test_state_pairs_of_a_torchscript_model_without_an_onnx_graph(tmp_path) -> None:
+    path = tmp_path / "pass.ts"
+    torch.jit.save(torch.jit.script(_PassThrough()), str(path))
+    from rnnc.graphs import load_model, model_from_source
+
+    model = load_model(path, {"features": (1, 1, 4), "h0": (1, 1, 3)}, state={"h0": "output_1"})
+    assert model.onnx is None and model.state == {"h0": "output_1"}
+    assert model.source["state"] == {"h0": "output_1"}  # what a compiled DIR rebuilds it from
+    with pytest.raises(UserError, match="no output named 'hn'"):
+        load_model(path, {"features": (1, 1, 4), "h0": (1, 1, 3)}, state={"h0": "hn"})
+    (tmp_path / "source.ts").write_bytes(path.read_bytes())
+    assert model_from_source({**model.source, "file": "source.ts"}, tmp_path).state == {"h0": "output_1"}
