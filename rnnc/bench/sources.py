@@ -131,3 +131,26 @@ def open_source(src: Source, shapes: list[tuple[int, int]] | None, target: str, 
     announce()
     manifest = pipeline.compile_model(model, target, backends, model_dir, progress, None, threads)
     return model, manifest, model_dir
+
+
+def first_step_twin(model: Model, target: str, backends: list[str], twin_dir: Path, threads: int | None,
+                    announce: Callable[[], None]) -> Manifest:
+    """A generative spec's latency to its first step comes from its twin: the same spec generating
+    one step (an encoder-decoder: the encoder and one decoder step), compiled once into `twin_dir`
+    (reused while its spec and backends are unchanged), whose runners the sweep times in the same
+    rounds as the rows (`stream.first_step_call`). A backend whose twin does not build has none."""
+    from rnnc.graphs.from_spec import model_from_spec
+
+    spec = model.spec
+    if spec.mode == "one_to_many":
+        one = spec.model_copy(update={"output": spec.output.model_copy(update={"steps": 1})})
+    else:
+        one = spec.model_copy(update={"decoder": spec.decoder.model_copy(update={"max_steps": 1})})
+    twin = model_from_spec(one)
+    twin.shapes = twin.shapes[:1]
+    if (twin_dir / MANIFEST).is_file():
+        manifest, built = pipeline.open_dir(twin_dir)
+        if fingerprint(built) == fingerprint(twin) and all(n in manifest.backends for n in backends):
+            return manifest
+    announce()
+    return pipeline.compile_model(twin, target, backends, twin_dir, threads=threads)

@@ -165,3 +165,4 @@ def row_fields(median_ms: float, warning: str | None, options: Options | None, s
                       steps_per_s=round(1000.0 * steps / median_ms, 3),
                       first_step_ms=None if first_step_ms is None else round(first_step_ms, 6))
     return fields
+

@@ -15,19 +15,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rnnc import host, pipeline, stats, targets
+from rnnc import host, stats, targets
 from rnnc.bench import against as ab
 from rnnc.bench import measure
 from rnnc.bench import stream as streaming
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
-from rnnc.bench.sources import (Source, default_out, fingerprint, one_step_steps, open_source, resolve_sources,
-                                sweep_shapes)
+from rnnc.bench.sources import (Source, default_out, fingerprint, first_step_twin, one_step_steps, open_source,
+                                resolve_sources, sweep_shapes)
 from rnnc.errors import UserError
 from rnnc.graphs.model import Model
 from rnnc.progress import SILENT, Progress
 from rnnc.records import report as schema
-from rnnc.records.manifest import MANIFEST, Manifest
+from rnnc.records.manifest import Manifest
 from rnnc.records.report import Row
 from rnnc.verify import compare, judge, tolerance
 
@@ -251,8 +251,12 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
     bar.skip(sum(len(backends) - len(v) for v in todo.values()))
     needed = {n for names in todo.values() for n in names}
     runners, not_run = _load_runners(manifest, model_dir, backends, needed, target, threads)
-    if runners and streaming.generation_steps(model) and model.spec is not None:
-        _attach_first_step(model, runners, target, report_path.parent / f"{model.name}-first-step", threads, bar)
+    if runners and streaming.generation_steps(model) and model.spec is not None:  # first_step_ms
+        twin_dir, names = report_path.parent / f"{model.name}-first-step", sorted(runners)
+        twin = first_step_twin(model, target, names, twin_dir, threads,
+                                         lambda: bar.show(f"{model.name}: compiling its one-step twin"))
+        for name, runner in _load_runners(twin, twin_dir, names, set(names), target, threads)[0].items():
+            runners[name].bind_first_step = runner.bind
     if old is not None:
         old.runners, old.not_run = _load_runners(old.manifest, old.model_dir, backends, needed, target, threads)
     calibration = measure.calibration_workload()
@@ -279,34 +283,6 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
             schema.write_atomic(old.path, old.report)
         bar.measured(len(names), time.perf_counter() - started)
     bar.show(f"{model.name} done")
-
-
-def _attach_first_step(model: Model, runners: dict[str, Any], target: str, twin_dir: Path, threads: int | None,
-                       bar: SweepProgress) -> None:
-    """A generative spec's latency to its first step: the same spec generating one step, compiled
-    once into `twin_dir` (reused while its spec is unchanged), whose runners are timed in the same
-    rounds as the rows (`stream.first_step_call`). A backend whose twin does not build has none."""
-    from rnnc.graphs.from_spec import model_from_spec
-
-    spec = model.spec
-    one = spec.model_copy(update={"output": spec.output.model_copy(update={"steps": 1})}) \
-        if spec.mode == "one_to_many" else \
-        spec.model_copy(update={"decoder": spec.decoder.model_copy(update={"max_steps": 1})})
-    twin = model_from_spec(one)
-    twin.shapes = twin.shapes[:1]
-    names = sorted(runners)
-    if (twin_dir / MANIFEST).is_file():
-        manifest, old = pipeline.open_dir(twin_dir)
-        if fingerprint(old) != fingerprint(twin) or not all(n in manifest.backends for n in names):
-            manifest = None
-    else:
-        manifest = None
-    if manifest is None:
-        bar.show(f"{model.name}: compiling its one-step twin (first_step_ms)")
-        manifest = pipeline.compile_model(twin, target, names, twin_dir, threads=threads)
-    first, _ = _load_runners(manifest, twin_dir, names, set(names), target, threads)
-    for name, runner in first.items():
-        runners[name].bind_first_step = runner.bind
 
 
 def _load_runners(manifest: Manifest, model_dir: Path, backends: list[str], needed: set[str], target: str,
