@@ -77,7 +77,7 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
         tvm_target = {"kind": "llvm", "mcpu": options["mcpu"]} if options.get("mcpu") else host.host_target()
     started = time.perf_counter()
     generation = _generation(model, target, options)
-    if generation == "fused":  # the search times the graph's kernels, not the generation kernel: none
+    if generation in ("fused", "fused-stream"):  # the search times the graph's kernels, not the generation kernel: none
         tuning, tune_record = tune.choose(model, target, tvm_target, {k: v for k, v in options.items()
                                                                       if k not in ("tune_s", "tune")})
         lowered = fused.fused_module(model, tuning)
@@ -108,7 +108,18 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
 def _generation(model: Model, target: str, options: dict[str, Any]) -> str | None:
     """How a generative spec model's steps run: "fused" (CPU: every step in one PrimFunc, see
     `fused`), "loop" (CUDA, or option generation=loop: the ONNX Loop as a recursive Relax function);
-    None for other models (an imported ONNX model's Loop is always the Loop path)."""
+    None for other models (an imported ONNX model's Loop is always the Loop path).
+
+    A stateful spec model (`rnn.state`, many_to_many / many_to_one, `fused.streams`) on CPU:
+    "fused-stream" (the default: every step of a chunk in one PrimFunc, `generate`'s sequence
+    mode) or, with option generation=layered (or loop), "layered": our layer kernels on the graph."""
+    if fused.streams(model.spec):
+        how = options.get("generation", "auto")
+        if how not in ("auto", "fused", "layered", "loop"):
+            raise UserError(f"tvm option generation={how!r}: expected fused or layered")
+        if how == "auto":  # by size: the fused chunk wins where its rows run as row tiles, see fused
+            how = "fused" if fused.stream_by_default(model.spec) else "layered"
+        return "fused-stream" if target == "cpu" and how == "fused" else "layered"
     if model.spec is None or not model.spec.generative:
         return None
     if options.get("generation", "fused") not in ("fused", "loop"):

@@ -32,6 +32,14 @@ multiply-adds a step (as for `kernels`' layers) every batch runs as row tiles, b
 Splitting a one-row tile's k over two accumulators (twice the FMA chains) measured no faster:
 one row's step is bound by streaming R from L2, not by FMA latency.
 
+Sequence mode (`GenSpec.sequence`, a stateful spec model streamed in chunks, `fused.streams`):
+the same per-step code with `seq` symbolic as well as batch. Step s reads X[b, s] (a token: its
+folded table row, or the embedding row multiplied; or the features row) instead of a fed-back
+input, starts from H0/C0 and ends with Hn/Cn; many_to_many writes Out[b, s, :] per step (the head
+without argmax, or the top layer's h), many_to_one only Out[b, :] from the top layer's final h
+(the head once, after the last step). At batch 1 with row tiles the chunk runs on the calling
+thread (`serial_one`): a streamed step of one row is too small to pay for waking a second core.
+
 Two TVM 0.27 facts shape the code, as in `kernels`: no scalar is let-bound inside a
 `T.vectorized` loop (per-lane temporaries live in the small buffer `v`), and register
 accumulators are "global" buffers under 1 KiB, one per row.
@@ -42,7 +50,7 @@ from collections.abc import Callable
 
 from rnnc.compiler.tvm import cell
 from rnnc.compiler.tvm.emit import Emitter, prim_func
-from rnnc.compiler.tvm.genhead import head
+from rnnc.compiler.tvm.genhead import head, store_out
 from rnnc.compiler.tvm.genspec import GenSpec, check, signature
 from rnnc.compiler.tvm.spec import LANES
 
@@ -67,13 +75,16 @@ def generate_source(spec: GenSpec, name: str = "generate") -> str:
     """TVMScript of the whole generation; its parameters are `signature(spec)`."""
     check(spec)
     e = Emitter()
-    with prim_func(e, name, signature(spec), ("batch",)):
+    with prim_func(e, name, signature(spec), ("batch", "seq") if spec.sequence else ("batch",)):
         e.line(f'Hs = T.alloc_buffer((2, {spec.layers}, batch, {spec.hp}), "float32")')
         if spec.cell == "lstm":
             e.line(f'Cs = T.alloc_buffer(({spec.layers}, batch, {spec.hp}), "float32")')
-        e.line(f'Lg = T.alloc_buffer((batch, {spec.np_}), "float32")')
-        e.line('Tok = T.alloc_buffer((batch,), "int64")' if spec.tokens
-               else f'Xf = T.alloc_buffer((batch, {spec.np_}), "float32")')
+        if spec.dense:
+            e.line(f'Lg = T.alloc_buffer((batch, {spec.np_}), "float32")')
+        if spec.sequence is None and spec.tokens:
+            e.line('Tok = T.alloc_buffer((batch,), "int64")')
+        elif spec.dense:  # the fed-back features, or (sequence mode) the head's scratch
+            e.line(f'Xf = T.alloc_buffer((batch, {spec.np_}), "float32")')
         if spec.split_below() > 1:
             with e.block(f"if batch < {spec.split_below()}:"):
                 _columns(e, spec)
@@ -89,6 +100,18 @@ def _rows(e: Emitter, spec: GenSpec) -> None:
     number of items of at most `batch_tile` rows, as equal as they come (16 rows: 4 x 4, not
     6 + 6 + 4), so that two cores (or any even count) share the rows evenly."""
     bt = spec.batch_tile
+    if spec.sequence is not None and spec.serial_one:  # a streamed chunk of one row: no thread launch
+        with e.block("if batch == 1:"):
+            e.line("b0: T.let[T.int64] = T.int64(0)")
+            _row_tile(e, spec, 1)
+        with e.block("else:"):
+            _row_items(e, spec)
+    else:
+        _row_items(e, spec)
+
+
+def _row_items(e: Emitter, spec: GenSpec) -> None:
+    bt = spec.batch_tile
     e.line(f"nt: T.let[T.int64] = (batch + {2 * bt - 1}) // {2 * bt} * 2")
     e.line("rt: T.let[T.int64] = (batch + nt - 1) // nt")
     with e.block("for w in T.parallel(nt):"):
@@ -96,17 +119,25 @@ def _rows(e: Emitter, spec: GenSpec) -> None:
         e.line("n: T.let[T.int64] = T.min(rt, batch - b0)")
         for rows, header in _variants(bt, "n == {n}", last="n == 1"):  # n < 1: an item with no rows
             with e.block(header):
-                with e.block(f"for i in T.serial({rows}):"):
-                    _init_row(e, spec, "b0 + i")
-                with e.block(f"for s in T.serial(T.int64({spec.steps})):"):
-                    e.line("cur: T.let[T.int64] = s % 2")
-                    for layer in range(spec.layers):
-                        with e.block(f"for jo in T.serial({spec.hp // LANES}):"):
-                            _layer_tile(e, spec, layer, rows)
-                    head(e, spec, rows)
-                if spec.final_state:
-                    with e.block(f"for i in T.serial({rows}):"):
-                        _final_row(e, spec, "b0 + i")
+                _row_tile(e, spec, rows)
+
+
+def _row_tile(e: Emitter, spec: GenSpec, rows: int) -> None:
+    """Rows b0 .. b0+rows-1, every step: the initial state, the layers and outputs, the final state."""
+    with e.block(f"for i in T.serial({rows}):"):
+        _init_row(e, spec, "b0 + i")
+    with e.block(f"for s in T.serial({_steps(spec)}):"):
+        e.line("cur: T.let[T.int64] = s % 2")
+        for layer in range(spec.layers):
+            with e.block(f"for jo in T.serial({spec.hp // LANES}):"):
+                _layer_tile(e, spec, layer, rows)
+        _step_out(e, spec, rows)
+    if spec.sequence == "many_to_one" and spec.dense:
+        e.line(f"cur: T.let[T.int64] = ({_steps(spec)} + 1) % 2")  # 1 - cur: the last h
+        head(e, spec, rows)
+    if spec.final_state:
+        with e.block(f"for i in T.serial({rows}):"):
+            _final_row(e, spec, "b0 + i")
 
 
 def _variants(top: int, test: str, last: str | None = None) -> list[tuple[int, str | None]]:
@@ -126,7 +157,7 @@ def _columns(e: Emitter, spec: GenSpec) -> None:
     with e.block(_REGION):
         with e.block(_barrier("_init")), e.block("for b in T.parallel(batch):"):
             _init_row(e, spec, "b")
-        with e.block(f"for s in T.serial(T.int64({spec.steps})):"):
+        with e.block(f"for s in T.serial({_steps(spec)}):"):
             e.line("cur: T.let[T.int64] = s % 2")
             for layer in range(spec.layers):
                 with e.block(_barrier(f"_layer{layer}")), e.block(f"for jo in T.parallel({spec.hp // LANES}):"):
@@ -134,12 +165,41 @@ def _columns(e: Emitter, spec: GenSpec) -> None:
                     for n, header in _variants(rows, "batch == {n}", last="batch == 1"):  # batch 0: none
                         with e.block(header):
                             _layer_tile(e, spec, layer, n)
-            with e.block(_barrier("_head")), e.block("for b in T.parallel(batch):"):
-                e.line("b0: T.let[T.int64] = b")
-                head(e, spec, 1)
+                            if spec.sequence == "many_to_many" and not spec.dense and layer == spec.layers - 1:
+                                _top_out(e, spec, n)
+            if spec.sequence is None or (spec.sequence == "many_to_many" and spec.dense):
+                with e.block(_barrier("_head")), e.block("for b in T.parallel(batch):"):
+                    e.line("b0: T.let[T.int64] = b")
+                    head(e, spec, 1)
         if spec.final_state:
             with e.block("for b in T.parallel(batch):"):
+                if spec.sequence == "many_to_one" and spec.dense:
+                    e.line("b0: T.let[T.int64] = b")
+                    e.line(f"cur: T.let[T.int64] = ({_steps(spec)} + 1) % 2")  # 1 - cur: the last h
+                    head(e, spec, 1)
                 _final_row(e, spec, "b")
+
+
+def _steps(spec: GenSpec) -> str:
+    """The step loop's extent: the constant steps, or (sequence mode) the symbolic seq."""
+    return "seq" if spec.sequence else f"T.int64({spec.steps})"
+
+
+def _step_out(e: Emitter, spec: GenSpec, rows: int) -> None:
+    """A step's output after its layers (row tiles): the head (generation, many_to_many with a
+    head), the top layer's h (many_to_many without), nothing (many_to_one)."""
+    if spec.sequence is None or (spec.sequence == "many_to_many" and spec.dense):
+        head(e, spec, rows)
+    elif spec.sequence == "many_to_many":
+        with e.block(f"for jo in T.serial({spec.hp // LANES}):"):
+            _top_out(e, spec, rows)
+
+
+def _top_out(e: Emitter, spec: GenSpec, rows: int) -> None:
+    """Out[b0 + i, s, jo*16 ..] = the top layer's new h of column tile jo (no head)."""
+    top = spec.layers - 1
+    for i in range(rows):
+        store_out(e, spec, f"b0 + {i}", f"Hs[1 - cur, {top}, b0 + {i}, jo * 16 + l]", "jo * 16")
 
 
 def _init_row(e: Emitter, spec: GenSpec, b: str) -> None:
@@ -150,6 +210,8 @@ def _init_row(e: Emitter, spec: GenSpec, b: str) -> None:
                 continue
             value = f"T.if_then_else(j < {h}, {buf}[l, {b}, T.min(j, {h - 1})], T.float32(0))" if flag else "T.float32(0)"
             e.line(f"{dst.format(b=b)} = {value}")
+    if spec.sequence is not None:  # X is read step by step
+        return
     if spec.tokens:
         e.line(f"Tok[{b}] = " + (f"X[{b}]" if spec.start_token is None else f"T.int64({spec.start_token})"))
     else:
@@ -158,11 +220,14 @@ def _init_row(e: Emitter, spec: GenSpec, b: str) -> None:
 
 
 def _final_row(e: Emitter, spec: GenSpec, b: str) -> None:
-    last = spec.steps % 2
+    last = "seq % 2" if spec.sequence else spec.steps % 2
     with e.block(f"for l, j in T.grid({spec.layers}, {spec.hidden}):"):
         e.line(f"Hn[l, {b}, j] = Hs[{last}, l, {b}, j]")
         if spec.cell == "lstm":
             e.line(f"Cn[l, {b}, j] = Cs[l, {b}, j]")
+    if spec.sequence == "many_to_one" and not spec.dense:  # the top layer's final h
+        with e.block(f"for j in T.serial({spec.hidden}):"):
+            e.line(f"Out[{b}, j] = Hs[{last}, {spec.layers - 1}, {b}, j]")
 
 
 def _layer_tile(e: Emitter, spec: GenSpec, layer: int, rows: int) -> None:
@@ -170,10 +235,11 @@ def _layer_tile(e: Emitter, spec: GenSpec, layer: int, rows: int) -> None:
     g_, nb = spec.gates, spec.blocks
     col = f"(jo * {g_} + g) * 16 + l"
     folded = layer == 0 and spec.tokens and spec.folded
+    tok = "X[b0 + {i}, s]" if spec.sequence else "Tok[b0 + {i}]"
     for i in range(rows):
         e.line(f'acc{i} = T.alloc_buffer(({nb}, 16), "float32")')
         with e.block(f"for g, l in T.grid({g_}, 16):"):
-            e.line(f"acc{i}[g, l] = " + (f"Emb[Tok[b0 + {i}], {col}]" if folded else f"B{layer}[{col}]"))
+            e.line(f"acc{i}[g, l] = " + (f"Emb[{tok.format(i=i)}, {col}]" if folded else f"B{layer}[{col}]"))
         if spec.cell == "gru":  # n's recurrent part r * (W_hn h + b_hn) stays apart
             with e.block("for l in T.vectorized(16):"):
                 e.line(f"acc{i}[3, l] = Rbn{layer}[jo * 16 + l]")
@@ -181,7 +247,7 @@ def _layer_tile(e: Emitter, spec: GenSpec, layer: int, rows: int) -> None:
         if layer:
             x = f"Hs[1 - cur, {layer - 1}, b0 + {{i}}, k]"
         else:
-            x = "Emb[Tok[b0 + {i}], k]" if spec.tokens else "Xf[b0 + {i}, k]"
+            x = f"Emb[{tok}, k]" if spec.tokens else ("X[b0 + {i}, s, k]" if spec.sequence else "Xf[b0 + {i}, k]")
         depth = spec.hidden if layer else spec.input_size
         _products(e, rows, depth, lambda i: f"{x.format(i=i)} * W{layer}[jo * {g_} + g, k, l]", "g", g_)
     block = "g + g // 2" if spec.cell == "gru" else "g"  # GRU: r, z, then n's recurrent part to block 3

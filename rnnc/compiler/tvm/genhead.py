@@ -13,7 +13,7 @@ from rnnc.compiler.tvm.gemm import accumulate
 from rnnc.compiler.tvm.genspec import GenSpec
 from rnnc.compiler.tvm.spec import LANES, panel
 
-__all__ = ["head"]
+__all__ = ["head", "store_out"]
 
 
 def head(e: Emitter, spec: GenSpec, rows: int) -> None:
@@ -50,20 +50,22 @@ def _store_logits(e: Emitter, spec: GenSpec, i: int) -> None:
     with e.block("for l in T.vectorized(16):"):
         e.line(f"v[3, l] = acc{i}[c, l] + Bd[col + l]")
         e.lines(_activation(spec.head, f"Xf[{b}, col + l]", "v[3, l]"))
-    _store_out(e, spec, b, f"Xf[{b}, col + l]", "col")
+    store_out(e, spec, b, f"Xf[{b}, col + l]", "col")
 
 
-def _store_out(e: Emitter, spec: GenSpec, b: str, value: str, col: str) -> None:
-    """Out[b, s, col + l] = value for the 16 lanes of a column block, the padded ones left out."""
+def store_out(e: Emitter, spec: GenSpec, b: str, value: str, col: str) -> None:
+    """Out[b, s, col + l] (many_to_one: Out[b, col + l]) = value for the 16 lanes of a column
+    block, the padded ones left out."""
     n = spec.units
+    row = b if spec.sequence == "many_to_one" else f"{b}, s"
     if n % LANES == 0:
         with e.block("for l in T.vectorized(16):"):
-            e.line(f"Out[{b}, s, {col} + l] = {value}")
+            e.line(f"Out[{row}, {col} + l] = {value}")
         return
     with e.block(f"if {col} + 16 <= {n}:"), e.block("for l in T.vectorized(16):"):
-        e.line(f"Out[{b}, s, {col} + l] = {value}")
+        e.line(f"Out[{row}, {col} + l] = {value}")
     with e.block("else:"), e.block(f"for l in T.serial({n % LANES}):"):
-        e.line(f"Out[{b}, s, T.min({col} + l, {n - 1})] = {value}")
+        e.line(f"Out[{row}, T.min({col} + l, {n - 1})] = {value}")
 
 
 def _softmax(e: Emitter, spec: GenSpec) -> None:
@@ -88,11 +90,11 @@ def _softmax(e: Emitter, spec: GenSpec) -> None:
         e.line("r[1] = r[1] + sm[l]")
     e.line("r[1] = T.float32(1) / r[1]")
     with e.block(f"for jb in T.serial({nb}):"):
-        if not spec.tokens:  # the probabilities are the next step's features
+        if not spec.tokens and spec.sequence is None:  # the probabilities are the next step's features
             with e.block("for l in T.vectorized(16):"):
                 e.line(f"Xf[{b}, jb * 16 + l] = Lg[{b}, jb * 16 + l] * r[1]")
-        _store_out(e, spec, b, f"Lg[{b}, jb * 16 + l] * r[1]", "jb * 16")
-    if spec.tokens:
+        store_out(e, spec, b, f"Lg[{b}, jb * 16 + l] * r[1]", "jb * 16")
+    if spec.tokens and spec.sequence is None:
         e.line(f"Gen[{b}, s] = ri[0]")
         e.line(f"Tok[{b}] = ri[0]")
 

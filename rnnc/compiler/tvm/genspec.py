@@ -9,6 +9,11 @@ projection is folded into the embedding table where it stays under FOLD_MAX floa
 Emb[v] W0^T + b0 in packed column order (float64, rounded once), so a step's first layer gathers a
 row instead of multiplying. The head is `dense.pack_dense`'s; a softmax head's padded logits get
 the bias -1e30, so that they never win the argmax and their exp is 0.
+
+Sequence mode (`sequence`, a stateful many_to_many / many_to_one model): X is `[batch, seq]`
+tokens or `[batch, seq, features]`, H0 (and C0) always given, Hn (and Cn) always returned, Out
+`[batch, seq, units]` or `[batch, units]` (units: the head's, or hidden with no head: then no
+Wd, Bd); the folded table has one row per `vocab` token.
 """
 from __future__ import annotations
 
@@ -49,6 +54,10 @@ class GenSpec:
     batch_tile: int = 4  # rows of a register tile
     columns_below: int = -1  # batch under which a step's columns are split across cores; -1: by size
     serial_below: int = SERIAL_BELOW  # G x Hp^2 under which a barrier costs more than it saves
+    sequence: str | None = None  # a stateful model's chunk: "many_to_many" | "many_to_one"; None: generation
+    dense: bool = True  # sequence mode: a dense head (else units == hidden, the top layer's h)
+    vocab: int = 0  # sequence mode, tokens: the embedding's rows (generation: units)
+    serial_one: bool = True  # sequence mode, row tiles: batch 1 runs on the calling thread (no launch)
 
     @property
     def gates(self) -> int:
@@ -89,6 +98,13 @@ class GenSpec:
 def check(spec: GenSpec) -> None:
     assert spec.cell in GATES and spec.layers >= 1 and spec.steps >= 1 and spec.batch_tile >= 1
     assert spec.head in HEADS and spec.nonlinearity in ("Tanh", "Relu")
+    if spec.sequence is not None:  # X read step by step, the state given and returned
+        assert spec.sequence in ("many_to_many", "many_to_one") and spec.start_token is None
+        assert spec.initial_h and spec.final_state and spec.initial_c == (spec.cell == "lstm")
+        assert spec.dense or spec.units == spec.hidden
+        assert not spec.tokens or spec.vocab >= 1
+        return
+    assert spec.dense
     assert not spec.tokens or spec.softmax, "token generation needs a softmax head"
     assert spec.tokens or spec.input_size == spec.units, "fed-back features need units == features"
     assert spec.start_token is None or (spec.tokens and spec.initial_h)
@@ -104,7 +120,10 @@ def signature(spec: GenSpec) -> tuple[Param, ...]:
     Wd, Bd, then the outputs Out, [Gen], [Hn, Cn]."""
     g, h, hp, n = spec.gates, spec.hidden, spec.hp, spec.units
     params = []
-    if spec.start_token is None:
+    if spec.sequence is not None:
+        params.append(Param("X", ("batch", "seq"), "int64") if spec.tokens
+                      else Param("X", ("batch", "seq", spec.input_size)))
+    elif spec.start_token is None:
         params.append(Param("X", ("batch",), "int64") if spec.tokens else Param("X", ("batch", spec.input_size)))
     state = (spec.layers, "batch", h)
     if spec.initial_h:
@@ -119,9 +138,13 @@ def signature(spec: GenSpec) -> tuple[Param, ...]:
         params += [Param(f"R{layer}", (hp // LANES, hp, g, LANES)), Param(f"B{layer}", (g * hp,))]
         if spec.cell == "gru":
             params.append(Param(f"Rbn{layer}", (hp,)))
-    params += [Param("Wd", (spec.np_ // LANES, h, LANES)), Param("Bd", (spec.np_,))]
-    params.append(Param("Out", ("batch", spec.steps, n), output=True))
-    if spec.tokens:
+    if spec.dense:
+        params += [Param("Wd", (spec.np_ // LANES, h, LANES)), Param("Bd", (spec.np_,))]
+    if spec.sequence == "many_to_one":
+        params.append(Param("Out", ("batch", n), output=True))
+    else:
+        params.append(Param("Out", ("batch", "seq" if spec.sequence else spec.steps, n), output=True))
+    if spec.tokens and spec.sequence is None:
         params.append(Param("Gen", ("batch", spec.steps), "int64", output=True))
     if spec.final_state:
         params.append(Param("Hn", state, output=True))
@@ -131,6 +154,8 @@ def signature(spec: GenSpec) -> tuple[Param, ...]:
 
 
 def _vocab(spec: GenSpec) -> int:
+    if spec.sequence is not None:
+        return spec.vocab
     return spec.units  # the head's argmax indexes the embedding: one row per unit
 
 
@@ -154,8 +179,9 @@ def pack_generator(spec: GenSpec, layers: list[tuple[np.ndarray, np.ndarray, np.
             out["Emb"] = embedding.astype(np.float64) @ flat.T + out["B0"].astype(np.float64)
         else:
             out["Emb"] = embedding
-    wd, bd = pack_dense(DenseSpec(spec.hidden, spec.units), np.asarray(head[0]).T, head[1])
-    if spec.softmax:
-        bd[spec.units:] = _NEG
-    out["Wd"], out["Bd"] = wd, bd
+    if spec.dense:
+        wd, bd = pack_dense(DenseSpec(spec.hidden, spec.units), np.asarray(head[0]).T, head[1])
+        if spec.softmax:
+            bd[spec.units:] = _NEG
+        out["Wd"], out["Bd"] = wd, bd
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
