@@ -212,10 +212,15 @@ def verify_chain(
     for call in range(calls):
         progress.update(call, calls, f"chain call {call + 1}/{calls}")
         fresh = {k: v for k, v in model.random_inputs(batch, seq, rng).items() if k not in pairs}
+        shared: Arrays | None = None  # without teacher forcing every reference state is the same one
         for name, runner in runners.items():
             if problems[name]:
                 continue  # already failed: its state is no longer comparable
-            plain = {k: np.asarray(v) for k, v in model.reference64({**fresh, **reference_state[name]}).items()}
+            if shared is not None:
+                plain = shared
+            else:
+                plain = {k: np.asarray(v) for k, v in model.reference64({**fresh, **reference_state[name]}).items()}
+                shared = plain if model.teacher64 is None else None
             try:
                 got = runner(**fresh, **states[name])
                 want, tied, count, notes = generated_reference(model, {**fresh, **reference_state[name]}, got, plain,

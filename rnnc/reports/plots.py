@@ -91,12 +91,7 @@ def plot_model(report: dict[str, Any], model: str, path: Path, baseline: dict[st
     fig.suptitle(title)
     order = sorted(range(len(labels)), key=lambda i: ("(baseline)" in labels[i], i))
     handles, labels = [handles[i] for i in order], [labels[i] for i in order]
-    fig.tight_layout(rect=(0, 0, 1 - legend_in / fig.get_figwidth(), 0.95))
-    fig.legend(handles, labels, loc="center right", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, handles, labels, legend_in, 0.95)
 
 
 def _panels(rows: list[dict[str, Any]], panel: str, x: str, y: str, path: Path, title: str, xlabel: str,
@@ -141,12 +136,7 @@ def _panels(rows: list[dict[str, Any]], panel: str, x: str, y: str, path: Path, 
                 handles.append(h)
                 labels.append(lab)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - legend_in / fig.get_figwidth(), 0.93))
-    fig.legend(handles, labels, loc="center right", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, handles, labels, legend_in, 0.93)
 
 
 def _two_and_five(value: float, _: Any) -> str:
@@ -183,3 +173,13 @@ def plot_generation(report: dict[str, Any], model: str, path: Path) -> Path | No
         panel, x, xlabel = "seq_len", "batch_size", f"batch size ({rows[0]['steps']} steps per call)"
     return _panels(rows, panel, x, "ms_per_step", path,
                    f"{model} generating on {report['target']}: ms per step, lower is better", xlabel, "ms per step")
+
+
+def _save(fig: Any, path: Path, handles: list[Any], labels: list[str], legend_in: float, top: float) -> Path:
+    """Lay out `fig` with its legend in a right margin `legend_in` inches wide, write it, close it."""
+    fig.tight_layout(rect=(0, 0, 1 - legend_in / fig.get_figwidth(), top))
+    fig.legend(handles, labels, loc="center right", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

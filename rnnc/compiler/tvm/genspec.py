@@ -24,7 +24,7 @@ import numpy as np
 from rnnc.compiler.tvm.dense import DenseSpec, pack_dense
 from rnnc.compiler.tvm.emit import Param
 from rnnc.compiler.tvm.kernels import pack
-from rnnc.compiler.tvm.spec import GATES, LANES, SERIAL_BELOW, LayerSpec
+from rnnc.compiler.tvm.spec import GATES, LANES, SERIAL_BELOW, LayerSpec, padded
 
 __all__ = ["FOLD_MAX", "GenSpec", "check", "pack_generator", "signature"]
 
@@ -65,11 +65,11 @@ class GenSpec:
 
     @property
     def hp(self) -> int:
-        return -(-self.hidden // LANES) * LANES
+        return padded(self.hidden)
 
     @property
     def np_(self) -> int:
-        return -(-self.units // LANES) * LANES
+        return padded(self.units)
 
     @property
     def blocks(self) -> int:

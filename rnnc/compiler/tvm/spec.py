@@ -55,6 +55,11 @@ DEFAULT_TILES = Tuning()
 NARROW_TILES = Tuning(1, 1)
 
 
+def padded(units: int) -> int:
+    """`units` rounded up to a multiple of LANES: the width of the 16-lane column tiles."""
+    return -(-units // LANES) * LANES
+
+
 def default_tiles(vector_bits: int) -> Tuning:
     """The untuned tiles for a CPU whose widest vector registers have this many bits."""
     return DEFAULT_TILES if vector_bits >= 512 else NARROW_TILES
@@ -90,7 +95,7 @@ class LayerSpec:
     @property
     def hp(self) -> int:
         """Units padded to a multiple of 16 (the CPU kernels' column tiles)."""
-        return -(-self.hidden // LANES) * LANES
+        return padded(self.hidden)
 
     @property
     def acts(self) -> tuple[str, ...]:
