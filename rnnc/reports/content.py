@@ -170,8 +170,8 @@ def _kinds(rows: list[dict[str, Any]]) -> list[Block]:
     if steps:
         blocks.append(Block("p", f"Generative: each call generates {', '.join(map(str, steps))} steps. ms/step is "
                                  "median ms / steps, steps/s the steps each sequence of the batch advances per "
-                                 "second; first step ms (where the backend can run one step alone) is the "
-                                 "latency to the first step."))
+                                 "second; first step ms is the latency to the first step, timed on the same spec "
+                                 "generating one step (for an encoder-decoder: the encoder and one step)."))
     return blocks
 
 
