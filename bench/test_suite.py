@@ -79,7 +79,7 @@ def test_row(benchmark, case, compiled, request) -> None:
     record = manifest.backends[backend]
     if record.status != "ok":
         pytest.skip(f"{backend}: {record.status}: {record.reason}")
-    runner = targets.backend(backend).load(out, manifest, "cpu", _threads(request.config))
+    runner = targets.load(backend, out, manifest, "cpu", _threads(request.config))
     inputs = model.random_inputs(batch, seq, np.random.default_rng([0, batch, seq]))  # as `rnnc bench` does
     benchmark.group = model.name
     benchmark.extra_info.update(model=model.name, backend=backend, batch_size=batch, seq_len=seq,

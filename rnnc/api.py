@@ -44,7 +44,7 @@ def compile(  # noqa: A001 - the command's own name
     """Build, lower and verify a spec or model file; returns the manifest and the output DIR.
     For a model file, `bind` fixes inputs to constants and `state` pairs state inputs with outputs."""
     targets.check_target(target)
-    backends = list(backends) if backends is not None else list(targets.names())
+    backends = targets.parse_backends(",".join(backends)) if backends is not None else list(targets.names())
     model = load_model(source, shapes, bind, state)
     out_dir = Path(out) if out is not None else Path("build") / f"{model.name}-{target}"
     if out_dir.exists() and not out_dir.is_dir():
@@ -106,7 +106,7 @@ def verify(
             records[name] = record.but(status="skipped", reason=reason, verification=None)
             continue
         try:
-            runners[name] = module.load(source, manifest, target, threads)
+            runners[name] = targets.load(name, source, manifest, target, threads)
         except Exception as err:  # noqa: BLE001 - a broken artifact is a failed backend
             records[name] = record.but(status="failed", reason=f"cannot load: {type(err).__name__}: {err}",
                                        verification=None)
@@ -131,7 +131,7 @@ def run(directory: str | Path, backend: str, inputs: str | Path, out: str | Path
     except (ValueError, OSError) as err:
         raise UserError(f"{inputs}: not a readable .npz file ({err})") from None
     outputs = load(directory, backend, threads=threads)(**arrays)
-    out_path = Path(out) if out is not None else inputs.with_name(inputs.stem + f".{backend}.out.npz")
+    out_path = Path(out) if out is not None else inputs.with_name(inputs.stem + f".{backend.replace(':', '-')}.out.npz")
     np.savez(out_path, **outputs)
     return out_path
 

@@ -61,17 +61,18 @@ def compile_model(
 def _build(model: Model, name: str, out_dir: Path, target: str, options: dict[str, Any], manifest: Manifest,
            threads: int | None) -> tuple[BackendRecord, Runner | None]:
     module = targets.backend(name)
-    skipped = BackendRecord(status="skipped", precision=manifest.precision)
+    precision = targets.precision_of(name)
+    skipped = BackendRecord(status="skipped", precision=manifest.precision if ":" not in name else precision)
     if reason := module.available(target):
         return skipped.but(reason=reason), None
     started = time.perf_counter()
     try:
-        artifacts = module.build(model, out_dir, target, options)
+        artifacts = targets.build(name, model, out_dir, target, options)
         built = skipped.but(artifacts=tuple(artifacts), build_time_s=round(time.perf_counter() - started, 3),
                             artifact_bytes=_size(out_dir, artifacts))
         if reason := module.runnable(target):
             return built.but(reason=f"built but not verified: {reason}"), None
-        runner = module.load(out_dir, manifest.with_backend(name, built), target, threads)
+        runner = targets.load(name, out_dir, manifest.with_backend(name, built), target, threads)
         return built.but(status="ok"), runner
     except Unsupported as err:
         return skipped.but(reason=str(err)), None
@@ -139,7 +140,7 @@ def load_runner(directory: Path, manifest: Manifest, name: str, target: str, thr
         raise UserError(f"{directory}: backend {name!r} has no artifact ({why})")
     if reason := module.runnable(target):
         raise UserError(f"backend {name!r} cannot run on {target} here: {reason}")
-    return module.load(Path(directory), manifest, target, threads)
+    return targets.load(name, Path(directory), manifest, target, threads)
 
 
 def _size(out_dir: Path, artifacts: Sequence[str]) -> int:

@@ -168,12 +168,7 @@ def _check_sizes(flag: str, values: list[int] | None) -> None:
 def _check_backends(backends: Sequence[str]) -> list[str]:
     if not backends:
         raise UserError("--backends: no backend selected")
-    known = targets.names()
-    bad = [b for b in backends if b not in known]
-    if bad:
-        raise UserError(f"--backends: unknown backend {', '.join(map(repr, bad))}: "
-                        f"choose from {', '.join(known)} or all")
-    return list(dict.fromkeys(backends))
+    return targets.parse_backends(",".join(backends))
 
 
 def _start_report(path: Path, resume: bool, target: str, settings: measure.Settings, check: bool,
@@ -229,8 +224,7 @@ def _record_model(report: dict[str, Any], model: Model, manifest: Manifest, mode
         raise UserError(f"model {model.name!r} from {path} differs from the one already in the report "
                         f"(from {previous.get('source')}): use another --out, or rename one of them")
     build = {}
-    order = {name: i for i, name in enumerate(targets.names())}
-    for name, b in sorted(manifest.backends.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])):
+    for name, b in sorted(manifest.backends.items(), key=lambda kv: targets.sort_key(kv[0])):
         build[name] = {"status": b.status, "reason": b.reason, "build_time_s": b.build_time_s,
                        "artifact_bytes": b.artifact_bytes, "precision": b.precision,
                        "rel_err": b.verification.rel_err if b.verification else None}
@@ -297,7 +291,7 @@ def _load_runners(manifest: Manifest, model_dir: Path, backends: list[str], need
             not_run[name] = (record.status, record.reason or record.status)
         elif name in needed:
             try:
-                runners[name] = targets.backend(name).load(model_dir, manifest, target, threads)
+                runners[name] = targets.load(name, model_dir, manifest, target, threads)
             except Exception as err:  # noqa: BLE001 - a broken artifact is that backend's failed row
                 not_run[name] = ("failed", f"cannot load: {type(err).__name__}: {err}")
     return runners, not_run
@@ -330,7 +324,7 @@ def _measure_shape(model: Model, runners: dict[str, Any], batch: int, seq: int, 
                 call = streams[name] = streaming.Stream(runner, pool, model.state, start)
             outputs = call()  # a backend that cannot run this shape fails here, not in the rounds
             if reference is not None:
-                checks[name] = _check(outputs, reference, model.dtype)
+                checks[name] = _check(outputs, reference, model.dtype, targets.precision_of(name))
                 if not checks[name]["passed"]:
                     rows.append(_not_run_row(model.name, name, batch, seq, "failed", checks[name]["reason"],
                                              check=checks[name], mode=mode))
@@ -365,8 +359,8 @@ def _median(m: measure.Measurement | None) -> float | None:
     return stats.median(m.samples_ms or m.preempted_ms)
 
 
-def _check(outputs: dict[str, Any], reference: dict[str, np.ndarray], dtype: str) -> dict[str, Any]:
-    limit = tolerance(dtype)
+def _check(outputs: dict[str, Any], reference: dict[str, np.ndarray], dtype: str, precision: str) -> dict[str, Any]:
+    limit = tolerance(dtype, precision)
     errors = compare(outputs, reference)
     passed, why = judge(errors, limit)
     return {"max_abs_err": errors.max_abs_err, "rel_err": errors.rel_err, "tolerance": limit,
@@ -418,6 +412,4 @@ def _add_calibration(report: dict[str, Any], samples: list[float]) -> None:
 
 def _row_order(report: dict[str, Any]):  # noqa: ANN202
     models = {name: i for i, name in enumerate(report["models"])}
-    order = {name: i for i, name in enumerate(targets.names())}
-    return lambda r: (models.get(r["model"], 99), order.get(r["backend"], 99), r["backend"],
-                      r["batch_size"], r["seq_len"])
+    return lambda r: (models.get(r["model"], 99), targets.sort_key(r["backend"]), r["batch_size"], r["seq_len"])

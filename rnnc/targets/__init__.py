@@ -1,43 +1,96 @@
 """Stage 3, artifacts: one module per backend, found by its name; each fills in the contract of
-`base` (ORDER, available, runnable, build, load)."""
+`base` (ORDER, PRECISIONS, available, runnable, build, load).
+
+A backend as the user names it is `NAME` or `NAME:PRECISION` (SPEC section 2): `tvm:int8` is the
+module `tvm` built at int8, its own manifest entry and bench row. `NAME:fp32` is `NAME`.
+"""
 from __future__ import annotations
 
 import importlib
 import pkgutil
 from functools import cache
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from rnnc.errors import UserError
-from rnnc.targets.base import TARGETS, Runner
+from rnnc.targets.base import DEFAULT_PRECISION, TARGETS, Runner
 
-__all__ = ["TARGETS", "Runner", "backend", "check_target", "names", "parse_backends"]
+__all__ = ["DEFAULT_PRECISION", "TARGETS", "Runner", "backend", "build", "check_target", "load", "names",
+           "parse_backends", "precision_of", "sort_key", "split"]
 
 
 @cache
 def names() -> tuple[str, ...]:
-    """Every backend, in table order (each module's ORDER: the reference first)."""
+    """Every backend module, in table order (each module's ORDER: the reference first)."""
     found = [m.name for m in pkgutil.iter_modules(__path__) if m.name != "base" and not m.name.startswith("_")]
     return tuple(sorted(found, key=lambda n: (importlib.import_module(f"{__name__}.{n}").ORDER, n)))
 
 
+def split(name: str) -> tuple[str, str]:
+    """`tvm:int8` -> ("tvm", "int8"); `tvm` -> ("tvm", "fp32")."""
+    module, _, precision = name.partition(":")
+    return module, precision or DEFAULT_PRECISION
+
+
+def precision_of(name: str) -> str:
+    """The precision a backend name asks for (`fp32` where it names none)."""
+    return split(name)[1]
+
+
 def backend(name: str) -> ModuleType:
-    """The module of one backend."""
-    if name not in names():
+    """The module of one backend (`tvm:int8`: the module `tvm`)."""
+    module, precision = split(name)
+    if module not in names():
         raise UserError(f"unknown backend {name!r}: choose from {', '.join(names())} or all")
-    return importlib.import_module(f"{__name__}.{name}")
+    found = importlib.import_module(f"{__name__}.{module}")
+    if precision not in found.PRECISIONS:
+        raise UserError(f"backend {module!r} has no precision {precision!r}: it runs "
+                        f"{', '.join(f'{module}:{p}' for p in found.PRECISIONS)}")
+    return found
+
+
+def canonical(name: str) -> str:
+    """The name a backend is recorded under: `tvm:fp32` is `tvm`."""
+    module, precision = split(name.strip())
+    return module if precision == DEFAULT_PRECISION else f"{module}:{precision}"
 
 
 def parse_backends(text: str | None) -> list[str]:
-    """`all` or a comma list, checked against the backends that exist."""
+    """`all` (every backend at fp32) or a comma list of NAME[:PRECISION], checked against what exists."""
     if text is None or text.strip() in ("", "all"):
         return list(names())
-    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    chosen = [canonical(t) for t in text.split(",") if t.strip()]
     if not chosen:
         raise UserError("--backends: no backend selected")
-    bad = [t for t in chosen if t not in names()]
+    bad = [t for t in chosen if split(t)[0] not in names()]
     if bad:
-        raise UserError(f"--backends: unknown backend {', '.join(map(repr, bad))}: choose from {', '.join(names())} or all")
+        raise UserError(f"--backends: unknown backend {', '.join(map(repr, bad))}: choose from {', '.join(names())} or all"
+                        " (a precision after a colon: tvm:int8)")
+    for t in chosen:
+        try:
+            backend(t)
+        except UserError as err:
+            raise UserError(f"--backends: {err}") from None
     return list(dict.fromkeys(chosen))
+
+
+def build(name: str, model: Any, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
+    """Backend `name`'s artifacts for `model` at the precision its name says."""
+    return backend(name).build(model, out_dir, target, options, precision_of(name))
+
+
+def load(name: str, out_dir: Path, manifest: Any, target: str, threads: int | None) -> Runner:
+    """Backend `name`'s runner over its artifacts in DIR, at the precision its name says."""
+    return backend(name).load(Path(out_dir), manifest, target, threads, precision_of(name))
+
+
+def sort_key(name: str) -> tuple[int, int, str]:
+    """Where a backend stands in tables: by module (the reference first), then by precision."""
+    module, precision = split(name)
+    order = names().index(module) if module in names() else len(names())
+    ladder = ("fp32", "fp16", "bf16", "int8")
+    return order, ladder.index(precision) if precision in ladder else len(ladder), name
 
 
 def check_target(target: str) -> str:

@@ -3,10 +3,15 @@
 A backend is one module named after it. It declares, at module level and nothing else:
 
     ORDER: int                                    # where it stands in tables (the reference first)
+    PRECISIONS: tuple[str, ...]                   # what `NAME:PRECISION` it builds; the first is NAME's
     available(target: str) -> str | None          # None when it can build here, else why not
     runnable(target: str) -> str | None           # None when what it builds can also run here
-    build(model, out_dir, target, options) -> list[str]   # writes its own artifacts, relative paths
-    load(out_dir, manifest, target, threads) -> Runner    # threads: its pool size (None: its default)
+    build(model, out_dir, target, options, precision) -> list[str]   # writes its own artifacts, relative paths
+    load(out_dir, manifest, target, threads, precision) -> Runner    # threads: its pool size (None: its default)
+
+`precision` is one of PRECISIONS: "fp32" (the model as given), "bf16" or "int8" (weights, and for
+some backends arithmetic, at that precision; verified against float64 at that precision's
+tolerance, `verify.tolerance`). Artifacts of different precisions have different paths.
 
 `build` reads nothing that another step left in DIR: it writes every file it lists. It raises
 `Unsupported` for a model it cannot take (the backend is then `skipped` with the reason); any
@@ -31,7 +36,8 @@ from rnnc.records.manifest import Manifest, TensorInfo
 Arrays = dict[str, np.ndarray]
 Call = Callable[[], Arrays]
 TARGETS = ("cpu", "cuda")
-CONTRACT = ("ORDER", "available", "runnable", "build", "load")
+CONTRACT = ("ORDER", "PRECISIONS", "available", "runnable", "build", "load")
+DEFAULT_PRECISION = "fp32"
 
 
 class Runner:

@@ -11,6 +11,7 @@ from rnnc.records.manifest import Manifest
 from rnnc.targets.base import Arrays, Call, Runner, manifest_io
 
 ORDER = 2
+PRECISIONS = ("fp32",)
 ARTIFACT = "model.onnx"
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -29,7 +30,7 @@ def runnable(target: str) -> str | None:
     return available(target)
 
 
-def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
+def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], precision: str) -> list[str]:
     """ORT runs the graph as the model holds it: model.onnx, written here (the same file the
     compile exports for every user)."""
     if model.onnx is None:
@@ -40,7 +41,7 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
     return [ARTIFACT]
 
 
-def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None, precision: str) -> Runner:
     """A session over model.onnx; `threads` sets its intra-op pool (None: ORT's default)."""
     return SessionRunner(out_dir / ARTIFACT, manifest, target, threads)
 

@@ -15,6 +15,7 @@ from rnnc.records.manifest import Manifest
 from rnnc.targets.base import Arrays, Call, Runner, manifest_io
 
 ORDER = 0
+PRECISIONS = ("fp32",)
 ARTIFACT = "torch_state.pt"
 
 
@@ -28,14 +29,14 @@ def runnable(target: str) -> str | None:
     return available(target)
 
 
-def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
+def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], precision: str) -> list[str]:
     if model.torch_module is None:
         raise Unsupported("no eager PyTorch module: the model came as a file, not as a spec")
     torch.save(model.torch_module.state_dict(), out_dir / ARTIFACT)
     return [ARTIFACT]
 
 
-def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None, precision: str) -> Runner:
     source = manifest.source
     if source.get("kind") != "spec":
         raise Unsupported("no eager PyTorch module: the model came as a file, not as a spec")

@@ -16,6 +16,7 @@ from rnnc.targets import torch as eager
 from rnnc.targets.base import Runner
 
 ORDER = 1
+PRECISIONS = ("fp32",)
 ARTIFACT = "model.ts"
 
 
@@ -27,7 +28,7 @@ def runnable(target: str) -> str | None:
     return eager.runnable(target)
 
 
-def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
+def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], precision: str) -> list[str]:
     if model.source.get("kind") == "torchscript" and model.origin is not None:
         if bind := recorded_bind(model.source):  # the constants inside: model.ts takes the free inputs only
             torch.jit.save(bound_script(model.origin, bind), str(out_dir / ARTIFACT))
@@ -40,6 +41,6 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> 
     return [ARTIFACT]
 
 
-def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None, precision: str) -> Runner:
     module = torch.jit.load(str(out_dir / ARTIFACT), map_location="cuda" if target == "cuda" else "cpu")
     return eager.ModuleRunner(module, manifest, target, threads)

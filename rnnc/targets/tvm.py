@@ -34,6 +34,7 @@ from rnnc.records.manifest import Manifest
 from rnnc.targets.base import Arrays, Call, Runner, manifest_io
 
 ORDER = 3
+PRECISIONS = ("fp32",)
 ZERO_COPY_BYTES = 1 << 16  # inputs at least this big are bound once (zero-copy when aligned); smaller are staged
 LIBRARY = "tvm/model.so"
 RECORD = "tvm/tvm.json"
@@ -60,7 +61,7 @@ def runnable(target: str) -> str | None:
     return None
 
 
-def build(model: Model, out_dir: Path, target: str, options: dict[str, Any]) -> list[str]:
+def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], precision: str) -> list[str]:
     import tvm
 
     out_dir = Path(out_dir)
@@ -127,7 +128,7 @@ def _generation(model: Model, target: str, options: dict[str, Any]) -> str | Non
     return "fused" if target == "cpu" and options.get("generation", "fused") == "fused" else "loop"
 
 
-def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None) -> Runner:
+def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None, precision: str) -> Runner:
     """The library's VM; `threads` sizes TVM's pool (the calling thread's), None leaves it as it is."""
     out_dir = Path(out_dir)
     try:

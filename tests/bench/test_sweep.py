@@ -188,7 +188,7 @@ def test_onnxruntime_sessions_get_the_thread_count(write_spec, tmp_path):
 
     api.compile(write_spec(make_spec()), "cpu", ["onnxruntime"], tmp_path / "dir")
     manifest, _ = api.open_dir(tmp_path / "dir")
-    runner = onnxruntime.load(tmp_path / "dir", manifest, "cpu", threads=1)
+    runner = onnxruntime.load(tmp_path / "dir", manifest, "cpu", 1, "fp32")
     assert runner.session.get_session_options().intra_op_num_threads == 1
     assert set(runner(features=np.zeros((1, 2, 5), np.float32))) == {"output"}
 

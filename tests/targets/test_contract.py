@@ -16,8 +16,8 @@ pytestmark = pytest.mark.xdist_group("contract")  # one compile per module
 SIGNATURES = {
     "available": ["target"],
     "runnable": ["target"],
-    "build": ["model", "out_dir", "target", "options"],
-    "load": ["out_dir", "manifest", "target", "threads"],
+    "build": ["model", "out_dir", "target", "options", "precision"],
+    "load": ["out_dir", "manifest", "target", "threads", "precision"],
 }
 
 
@@ -66,7 +66,7 @@ def test_every_backend_writes_its_own_artifacts_and_binds_one_way(name, compiled
     record = manifest.backends[name]
     assert record.status == "ok", record.reason
     assert record.artifacts and all((out / a).is_file() for a in record.artifacts)
-    runner = targets.backend(name).load(out, manifest, "cpu", 1)
+    runner = targets.load(name, out, manifest, "cpu", 1)
     assert isinstance(runner, Runner) and type(runner).__call__ is Runner.__call__  # __call__ is bind()()
     x = {"tokens": np.random.default_rng(0).integers(0, 20, (2, 4))}
     call = runner.bind(**x)

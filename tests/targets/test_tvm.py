@@ -40,9 +40,9 @@ SMALL = {"batch_tile": 2, "gemm_rows": 4}  # small tiles build fastest; the defa
 
 def _check(model, out_dir: Path, shapes=((2, 3), (1, 1), (5, 9)), tiles=SMALL):
     options = {"tune_cache": str(out_dir / "cache"), **({"tuning": tiles} if tiles else {})}
-    artifacts = backend.build(model, out_dir, "cpu", options)
+    artifacts = backend.build(model, out_dir, "cpu", options, "fp32")
     assert all((out_dir / a).is_file() for a in artifacts)
-    runner = backend.load(out_dir, _manifest(model), "cpu", 2)
+    runner = backend.load(out_dir, _manifest(model), "cpu", 2, "fp32")
     assert runner.input_names == model.input_names and runner.output_names == ["output"]
     for batch, seq in shapes:  # built for (2, 3): the others were never seen by the build
         x = model.random_inputs(batch, seq, np.random.default_rng(batch * 100 + seq))
@@ -77,17 +77,17 @@ def test_record_and_flat_library(tmp_path):
 
 def test_runs_where_another_isa_is_refused(tmp_path, monkeypatch):
     model = _spec()
-    backend.build(model, tmp_path, "cpu", {"tune_cache": str(tmp_path / "cache"), "tuning": SMALL})
+    backend.build(model, tmp_path, "cpu", {"tune_cache": str(tmp_path / "cache"), "tuning": SMALL}, "fp32")
     path = tmp_path / backend.RECORD
     record = json.loads(path.read_text())
     record["host"]["isa"] = record["host"]["isa"] + ["avx512fp64imaginary"]
     path.write_text(json.dumps(record))
     with pytest.raises(UserError, match="avx512fp64imaginary.*lacks"):
-        backend.load(tmp_path, _manifest(model), "cpu", 1)
+        backend.load(tmp_path, _manifest(model), "cpu", 1, "fp32")
     record["target"] = "cuda"
     path.write_text(json.dumps(record))
     with pytest.raises(UserError, match="built for cuda"):
-        backend.load(tmp_path, _manifest(model), "cpu", 1)
+        backend.load(tmp_path, _manifest(model), "cpu", 1, "fp32")
 
 
 def test_the_thread_count_is_passed_not_written_to_the_environment():
@@ -100,10 +100,10 @@ def test_the_thread_count_is_passed_not_written_to_the_environment():
 def test_tuning_is_cached_and_reused(tmp_path):
     model = _spec(hidden=8)
     options = {"tune_s": 0.01, "tune_cache": str(tmp_path / "cache")}
-    backend.build(model, tmp_path / "a", "cpu", options)
+    backend.build(model, tmp_path / "a", "cpu", options, "fp32")
     first = json.loads((tmp_path / "a" / backend.RECORD).read_text())["tuning"]
     assert first["source"] == "search" and len(list((tmp_path / "cache").iterdir())) == 1
-    backend.build(model, tmp_path / "b", "cpu", options)
+    backend.build(model, tmp_path / "b", "cpu", options, "fp32")
     second = json.loads((tmp_path / "b" / backend.RECORD).read_text())["tuning"]
     assert second["source"] == "cache" and second["key"] == first["key"]
     assert {k: second[k] for k in ("batch_tile", "gemm_rows")} == {k: first[k] for k in ("batch_tile", "gemm_rows")}
@@ -114,10 +114,10 @@ def test_cuda_without_a_device_is_built_not_verified(tmp_path):
         pytest.skip(f"no CUDA build on this machine ({why}): nothing to cross-compile with")
     reason = backend.runnable("cuda")
     model = _spec(cell="gru", mode="many_to_one", dense={"units": 2, "activation": "softmax"})
-    artifacts = backend.build(model, tmp_path, "cuda", {})
+    artifacts = backend.build(model, tmp_path, "cuda", {}, "fp32")
     assert (tmp_path / "tvm" / "model.so").is_file() and artifacts
     if reason is None:  # a GPU here: it must also run and agree
-        runner = backend.load(tmp_path, _manifest(model, "cuda"), "cuda", None)
+        runner = backend.load(tmp_path, _manifest(model, "cuda"), "cuda", None, "fp32")
         x = model.random_inputs(3, 4, np.random.default_rng(0))
         want = model.reference64(x)["output"]
         assert np.abs(runner(**x)["output"] - want).max() / np.abs(want).max() <= TOL
