@@ -7,7 +7,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-LIBRARIES = ("rnnc", "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "apache-tvm", "pydantic")
+LIBRARIES = ("rnnc", "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "apache-tvm", "pydantic")
 
 
 def versions() -> dict[str, str]:

@@ -17,7 +17,7 @@ from tests.graphs.test_memory_modes import CASES, TOKENS, generator, translator
 
 pytestmark = [pytest.mark.tvm, pytest.mark.xdist_group("memory")]  # the compiles are shared per module
 
-BACKENDS = ["torch", "torchscript", "onnxruntime", "tvm"]
+BACKENDS = ["torch", "torchscript", "onnxruntime", "openvino", "tvm"]
 STREAMS = {
     "lstm": make_spec(name="stream-lstm", rnn={"cell": "lstm", "hidden_size": 12, "num_layers": 2, "state": True}),
     "gru": make_spec(name="stream-gru", input=TOKENS, rnn={"cell": "gru", "hidden_size": 8, "state": True},
@@ -57,7 +57,7 @@ def test_every_mode_verifies_on_every_backend(compiled, case: str) -> None:
 def test_a_stream_in_chunks_is_one_call(compiled, which: str, chunk: int) -> None:
     _, out, _ = compiled(f"stream-{which}", STREAMS[which])
     seq = 130  # 130 = 2 x 64 + 2: the last chunk is short at every chunk length
-    for backend in ["torch", "onnxruntime", "tvm"]:
+    for backend in ["torch", "onnxruntime", "openvino", "tvm"]:
         runner = rnnc.load(out, backend)
         rng = np.random.default_rng(chunk)
         x = (rng.integers(0, TOKENS["vocab_size"], (2, seq)) if which == "gru"

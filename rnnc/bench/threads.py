@@ -38,4 +38,4 @@ def in_force(threads: int | None) -> dict[str, Any]:
     import torch
 
     return {"requested": threads, "torch_intra_op": threads or torch.get_num_threads(),
-            "tvm": threads, "onnxruntime": threads}
+            "tvm": threads, "onnxruntime": threads, "openvino": threads}

@@ -20,7 +20,7 @@ CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)]
 HEADS = [None, "none", "softmax", "sigmoid", "tanh", "relu", "leaky_relu"]
 BIASES = [True, "single", False]
 TILES = [(6, 6), (2, 4), (3, 2), (1, 1), (4, 3)]  # (batch_tile, gemm_rows); the first is the default
-BACKENDS = targets.names()  # torch, torchscript, onnxruntime and tvm: every backend CI can run
+BACKENDS = targets.names()  # torch, torchscript, onnxruntime, openvino and tvm: every backend CI can run
 
 
 def cases() -> list[tuple]:
