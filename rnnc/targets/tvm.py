@@ -1,6 +1,6 @@
 """Apache TVM: our own lowering of the ONNX graph (rnnc.compiler.tvm), one exported library.
 
-Artifacts under DIR/tvm/: `model.so` (a Relax VM executable, batch and sequence symbolic, the
+Artifacts under DIR/tvm/ (`tvm:bf16` under DIR/tvm-bf16/, `tvm:int8` under DIR/tvm-int8/): `model.so` (a Relax VM executable, batch and sequence symbolic, the
 weights inside) and `tvm.json` (target, host CPU and ISA, tuning, layers, build time and size),
 so that loading needs TVM's runtime alone and no recompilation, also on another machine of the
 same ISA; another ISA is refused with a sentence (`target.check_host`).
@@ -11,7 +11,16 @@ are cached on disk, see `rnnc.compiler.tvm.tune`), `tune_cache` (a directory for
 the CPU to build for, e.g. "x86-64", in place of this machine's), `generation` ("fused", the
 default on CPU: a generative spec model's steps all in one PrimFunc, `rnnc.compiler.tvm.fused`;
 "loop": its ONNX Loop as a recursive Relax function, as on CUDA and for imported models; tvm.json
-records which as "generation").
+records which as "generation"), `int8_path` ("auto", the default: VNNI where the target's LLVM
+features have avx512vnni, else the fallback; "vnni" or "fallback" to force one).
+
+Precisions (`PRECISIONS`): fp32; bf16 and int8 store the recurrent layers' W and R below float32
+(`rnnc.compiler.tvm.quant`: bf16 widened in the inner loop; int8 with a scale per gate row, on
+VNNI's vpdpbusd with activations quantized per row, or widened to float32 without VNNI); the state,
+the gates and the dense head stay float32. tvm.json records the precision, the ISA path taken and
+the scales' granularity; a record of another precision is refused at load. A generative or
+streaming spec model runs its layer kernels on the graph (the fused generation kernels are
+float32), recorded as its "generation".
 
 "Built but not verified": `available(target)` answers whether the artifact can be *built* here;
 `runnable(target)` whether it can also *run* here (for `--target cuda` on a machine without a GPU,
@@ -34,11 +43,22 @@ from rnnc.records.manifest import Manifest
 from rnnc.targets.base import Arrays, Call, Runner, manifest_io
 
 ORDER = 3
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16", "int8")
 ZERO_COPY_BYTES = 1 << 16  # inputs at least this big are bound once (zero-copy when aligned); smaller are staged
 LIBRARY = "tvm/model.so"
 RECORD = "tvm/tvm.json"
 FORMAT = 1
+INT8_PATHS = ("auto", "vnni", "fallback")
+SCALES = {"bf16": "none (bf16 keeps float32's exponent)",
+          "int8": "weights: one scale per gate row (packed column) of W and of R; activations (VNNI): one "
+                  "scale per row of X per call, per row of H per step, zero point 128"}
+
+
+def artifacts(precision: str) -> tuple[str, str]:
+    """The library and record paths of a precision, relative to DIR: fp32 keeps tvm/ (older DIRs load)."""
+    if precision == "fp32":
+        return LIBRARY, RECORD
+    return f"tvm-{precision}/model.so", f"tvm-{precision}/tvm.json"
 
 
 def available(target: str) -> str | None:
@@ -65,7 +85,8 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], pre
     import tvm
 
     out_dir = Path(out_dir)
-    (out_dir / "tvm").mkdir(parents=True, exist_ok=True)
+    library_path, record_path = artifacts(precision)
+    (out_dir / library_path).parent.mkdir(parents=True, exist_ok=True)
     if model.onnx is None:
         raise Unsupported(f"no ONNX graph: {model.extra.get('no_onnx', 'the model has none')}")
     if model.spec is not None and model.dtype != "float32":  # a spec's graph is float32; torch runs its dtype
@@ -76,21 +97,27 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], pre
         tvm_target = host.cuda_target()
     else:  # `mcpu`: an older CPU than this one, for a portable library or to measure what the ISA is worth
         tvm_target = {"kind": "llvm", "mcpu": options["mcpu"]} if options.get("mcpu") else host.host_target()
+    if precision != "fp32" and target == "cuda":
+        raise Unsupported(f"tvm:{precision} is CPU only: the CUDA layer kernels are float32")
     started = time.perf_counter()
-    generation = _generation(model, target, options)
+    quantized = _precision_record(precision, tvm_target, options)
+    vnni = quantized.get("isa_path") == "vnni"
+    generation = _generation(model, target, options, precision)
     if generation in ("fused", "fused-stream"):  # the search times the graph's kernels, not the generation kernel: none
         tuning, tune_record = tune.choose(model, target, tvm_target, {k: v for k, v in options.items()
                                                                       if k not in ("tune_s", "tune")})
         lowered = fused.fused_module(model, tuning)
     else:
-        tuning, tune_record = tune.choose(model, target, tvm_target, options)
-        lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning)
+        tuning, tune_record = tune.choose(model, target, tvm_target, options, precision, vnni)
+        lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning, precision=precision, vnni=vnni)
     executable = tvm.compile(lowered.module, tvm.target.Target(tvm_target))
-    library = out_dir / LIBRARY
+    library = out_dir / library_path
     executable.export_library(str(library))
     record = {
         "format": FORMAT,
         "target": target,
+        "precision": precision,
+        **quantized,
         "tvm_target": tvm_target,
         "host": host.host_record(tvm_target if target == "cpu" else tvm_target["host"]),
         "tvm_version": tvm.__version__,
@@ -102,18 +129,50 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], pre
         "build_s": round(time.perf_counter() - started, 3),
         "library_bytes": library.stat().st_size,
     }
-    (out_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    return [LIBRARY, RECORD]
+    (out_dir / record_path).write_text(json.dumps(record, indent=2) + "\n")
+    return [library_path, record_path]
 
 
-def _generation(model: Model, target: str, options: dict[str, Any]) -> str | None:
+def _precision_record(precision: str, tvm_target: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """What tvm.json says about the weights' precision: the ISA path and the scales; {} for fp32.
+
+    int8 takes VNNI where the LLVM features of the target being built for have avx512vnni (what the
+    library's code needs; `check_host` refuses it on a CPU without), else the widened fallback
+    with the sentence saying why; option int8_path forces either."""
+    if precision == "fp32":
+        return {}
+    if precision == "bf16":
+        return {"isa_path": "widened", "scales": SCALES["bf16"],
+                "note": "bf16 weights widened to float32 by a shift in the inner loop, FMA in float32 "
+                        "(needs no avx512_bf16)"}
+    how = options.get("int8_path", "auto")
+    if how not in INT8_PATHS:
+        raise UserError(f"tvm option int8_path={how!r}: expected one of {', '.join(INT8_PATHS)}")
+    has = "avx512vnni" in host.llvm_features(tvm_target)
+    if how == "vnni" and not has:
+        raise Unsupported(f"tvm option int8_path=vnni: the target ({tvm_target.get('mcpu', 'generic')}) has no "
+                          "AVX512-VNNI")
+    if how == "vnni" or (how == "auto" and has):
+        return {"isa_path": "vnni", "scales": SCALES["int8"]}
+    why = ("forced by option int8_path=fallback" if how == "fallback" else
+           f"the target ({tvm_target.get('mcpu', 'generic')}) has no AVX512-VNNI")
+    return {"isa_path": "fallback", "scales": "weights: one scale per gate row (packed column) of W and of R",
+            "fallback": f"int8 weights widened to float32 in the inner loop against float32 activations: {why}"}
+
+
+def _generation(model: Model, target: str, options: dict[str, Any], precision: str = "fp32") -> str | None:
     """How a generative spec model's steps run: "fused" (CPU: every step in one PrimFunc, see
     `fused`), "loop" (CUDA, or option generation=loop: the ONNX Loop as a recursive Relax function);
     None for other models (an imported ONNX model's Loop is always the Loop path).
 
     A stateful spec model (`rnn.state`, many_to_many / many_to_one, `fused.streams`) on CPU:
     "fused-stream" (the default: every step of a chunk in one PrimFunc, `generate`'s sequence
-    mode) or, with option generation=layered (or loop), "layered": our layer kernels on the graph."""
+    mode) or, with option generation=layered (or loop), "layered": our layer kernels on the graph.
+    Below fp32 (the fused kernels are float32): "layered" or "loop"."""
+    if precision != "fp32" and fused.streams(model.spec):
+        return "layered"
+    if precision != "fp32" and model.spec is not None and model.spec.generative:
+        return "loop"
     if fused.streams(model.spec):
         how = options.get("generation", "auto")
         if how not in ("auto", "fused", "layered", "loop"):
@@ -131,19 +190,24 @@ def _generation(model: Model, target: str, options: dict[str, Any]) -> str | Non
 def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None, precision: str) -> Runner:
     """The library's VM; `threads` sizes TVM's pool (the calling thread's), None leaves it as it is."""
     out_dir = Path(out_dir)
+    library_path, record_path = artifacts(precision)
+    name = "tvm" if precision == "fp32" else f"tvm:{precision}"
     try:
-        record = json.loads((out_dir / RECORD).read_text())
+        record = json.loads((out_dir / record_path).read_text())
     except FileNotFoundError as err:
-        raise UserError(f"{out_dir / RECORD}: missing; rebuild with `rnnc compile ... --backends tvm`") from err
+        raise UserError(f"{out_dir / record_path}: missing; rebuild with `rnnc compile ... --backends {name}`") from err
     if record.get("format") != FORMAT:
-        raise UserError(f"{out_dir / RECORD}: format {record.get('format')} is not {FORMAT}; rebuild it")
+        raise UserError(f"{out_dir / record_path}: format {record.get('format')} is not {FORMAT}; rebuild it")
+    if record.get("precision", "fp32") != precision:
+        raise UserError(f"{out_dir / record_path}: built at precision {record.get('precision', 'fp32')}, "
+                        f"not {precision}; rebuild with `rnnc compile ... --backends {name}`")
     if record["target"] != target:
         raise UserError(f"the TVM library in {out_dir} was built for {record['target']}, not {target}")
     host.check_host(record["host"])
     if target == "cuda" and (reason := host.cuda_device_reason()):
         raise UserError(f"cannot run the CUDA library here: {reason}")
     host.configure_threads(threads)
-    return VMRunner(out_dir / LIBRARY, manifest, target)
+    return VMRunner(out_dir / library_path, manifest, target)
 
 
 class VMRunner(Runner):

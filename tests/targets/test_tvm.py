@@ -124,3 +124,66 @@ def test_cuda_without_a_device_is_built_not_verified(tmp_path):
     else:
         assert "CUDA" in reason
         assert backend.available("cuda") is None  # it can be built here, only not run
+
+
+# -- tvm:bf16 and tvm:int8 ---------------------------------------------------------------------
+
+_HAS_VNNI = "avx512vnni" in host.llvm_features(host.host_target()) and "avx512vnni" in (host.cpu_flags() or set())
+
+
+def _spec_file(tmp_path: Path, name: str, **rnn) -> Path:
+    import yaml
+
+    spec = {"name": name, "input": {"type": "features", "features": 10},
+            "rnn": {"cell": "lstm", "hidden_size": 20, **rnn}, "output": {"mode": "many_to_many"},
+            "shapes": {"batch_sizes": [1, 3], "seq_lens": [6]}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_compile_int8_and_bf16_are_verified_entries(tmp_path):
+    import rnnc.api
+
+    manifest, _ = rnnc.api.compile(_spec_file(tmp_path, "q", bidirectional=True), "cpu", ["tvm:int8", "tvm:bf16"],
+                                   tmp_path / "out", options={"tuning": SMALL})
+    for name, bound in (("tvm:int8", 2e-2), ("tvm:bf16", 5e-3)):
+        entry = manifest.backends[name]
+        assert entry.status == "ok", entry.reason
+        assert entry.verification.passed and 1e-5 < entry.verification.rel_err < bound, (name, entry.verification)
+    int8 = json.loads((tmp_path / "out" / "tvm-int8" / "tvm.json").read_text())
+    bf16 = json.loads((tmp_path / "out" / "tvm-bf16" / "tvm.json").read_text())
+    assert int8["precision"] == "int8" and int8["isa_path"] == ("vnni" if _HAS_VNNI else "fallback")
+    assert "gate row" in int8["scales"] and bf16["precision"] == "bf16"
+    assert all(layer["precision"] == "int8" for layer in int8["layers"] if "cell" in layer)
+    assert not (tmp_path / "out" / "tvm" / "tvm.json").exists()
+    # the precision a record was built at is the one it loads as
+    (tmp_path / "out" / "tvm").mkdir()
+    (tmp_path / "out" / "tvm" / "tvm.json").write_text(json.dumps(int8))
+    with pytest.raises(UserError, match="precision int8, not fp32"):
+        backend.load(tmp_path / "out", manifest, "cpu", 1, "fp32")
+
+
+def test_int8_fallback_forced_and_chained(tmp_path):
+    """The path without VNNI (forced by option), and a stateful model chained 50 calls at int8."""
+    import rnnc.api
+
+    spec = _spec_file(tmp_path, "s", state=True)
+    for path in ("fallback", "auto"):
+        out = tmp_path / path
+        manifest, _ = rnnc.api.compile(spec, "cpu", ["tvm:int8"], out, options={"tuning": SMALL, "int8_path": path})
+        assert manifest.backends["tvm:int8"].status == "ok", manifest.backends["tvm:int8"].reason
+        record = json.loads((out / "tvm-int8" / "tvm.json").read_text())
+        assert record["generation"] == "layered"  # the fused stream kernel is float32
+        if path == "fallback":
+            assert record["isa_path"] == "fallback" and "forced" in record["fallback"]
+        checked = rnnc.api.verify(out, chain=50)
+        entry = checked.backends["tvm:int8"]
+        assert entry.verification.passed and entry.verification.rel_err < 2e-2, entry.verification
+
+
+def test_int8_vnni_refused_where_the_target_lacks_it(tmp_path):
+    from rnnc.errors import Unsupported
+
+    with pytest.raises(Unsupported, match="no AVX512-VNNI"):
+        backend.build(_spec(), tmp_path, "cpu", {"mcpu": "x86-64", "int8_path": "vnni", "tuning": SMALL}, "int8")

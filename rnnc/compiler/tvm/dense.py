@@ -4,6 +4,8 @@
 model with a head ends in) becomes this one function: the layers' register-tiled GEMM (`gemm`),
 with the bias and the activation applied in registers before the store. The head runs once per
 call, not per step, so it uses TVM's exact `T.sigmoid`/`T.tanh`.
+It stays float32 in `tvm:bf16` and `tvm:int8` builds: it runs once per call, where the layers
+read R every step, so its weights' bytes are not what bounds the time (`quant`).
 """
 from __future__ import annotations
 

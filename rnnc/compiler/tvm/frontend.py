@@ -34,9 +34,10 @@ CONTROL = ("Loop", "Scan")
 class Importer(upstream.ONNXGraphImporter):
     """Upstream's importer; `layers` records every kernel it called (for tvm.json)."""
 
-    def __init__(self, target_kind: str, tuning: Tuning) -> None:
+    def __init__(self, target_kind: str, tuning: Tuning, precision: str = "fp32", vnni: bool = False) -> None:
         super().__init__({}, {}, keep_params_in_input=False, sanitize=True)
         self.target_kind = target_kind
+        self.precision, self.vnni = precision, vnni  # the recurrent layers' weights (`quant`)
         self.kernels = KERNELS[target_kind]
         self.tuning = tuning
         self.layers: list[dict[str, Any]] = []
@@ -143,6 +144,7 @@ class Importer(upstream.ONNXGraphImporter):
             initial_h=h0 is not None, initial_c=c0 is not None,
             peepholes=cell == "lstm" and "P" in weights, linear_before_reset=bool(a.get("linear_before_reset", 0)),
             seq_lens=ins[4] is not None, batch_tile=self.tuning.batch_tile, gemm_rows=self.tuning.gemm_rows,
+            precision=self.precision, vnni=self.vnni and self.precision == "int8",
         )
         values = {"X": x, "H0": h0, "C0": c0}
         packed = self.kernels.pack(spec, w, r, b, weights.get("P") if spec.peepholes else None)

@@ -19,14 +19,19 @@ from rnnc.compiler.tvm.emit import Emitter
 # store(e, i, col): the statements (inside `for c in T.unroll(panel)`) that store row m0 + i,
 # column `col` of each 16-lane block, from acc{i}[c, l]
 Store = Callable[[Emitter, int, str], None]
+# product(e, rows): the statements that leave a tile's sums in acc{i}[c, l], rows i < `rows`
+Product = Callable[[Emitter, int], None]
 
 
 def gemm(e: Emitter, *, tile: int, panel: int, panels: int, depth: int, x: Callable[[int], str],
-         store: Store, lead: int | None = None, scratch: Sequence[str] = ()) -> None:
+         store: Store, lead: int | None = None, scratch: Sequence[str] = (),
+         widen: Callable[[str], str] = lambda w: w, product: Product | None = None) -> None:
     """The tiled product, its work items in one `T.parallel` loop.
 
     `x(i)`: the element X[m0 + i, k]; `lead`: a leading dimension of W and the output (a layer's
-    directions, index `d`), none for the dense head; `scratch`: buffers each work item allocates."""
+    directions, index `d`), none for the dense head; `scratch`: buffers each work item allocates;
+    `widen(w)`: W's element as float32 (W stored below float32, `quant`); `product(e, rows)`: the
+    tile's accumulation into acc{i} in place of the float one (VNNI's, `quant.accumulate_vnni`)."""
     e.line(f"nmt: T.let[T.int64] = rows // {tile}")
     e.line(f"nm: T.let[T.int64] = nmt + rows % {tile}")
     items = f"nm * {panels}" if lead is None else f"{lead} * nm * {panels}"
@@ -40,15 +45,18 @@ def gemm(e: Emitter, *, tile: int, panel: int, panels: int, depth: int, x: Calla
         e.lines(scratch)
         w = f"W[{'' if lead is None else 'd, '}pn * {panel} + c, k, l]"
         with e.block("if mi < nmt:"):
-            _tile(e, tile, f"mi * {tile}", panel, depth, x, w, store)
+            _tile(e, tile, f"mi * {tile}", panel, depth, x, widen(w), store, product)
         with e.block("else:"):
-            _tile(e, 1, f"nmt * {tile} + (mi - nmt)", panel, depth, x, w, store)
+            _tile(e, 1, f"nmt * {tile} + (mi - nmt)", panel, depth, x, widen(w), store, product)
 
 
 def _tile(e: Emitter, rows: int, m0: str, panel: int, depth: int, x: Callable[[int], str], w: str,
-          store: Store) -> None:
+          store: Store, product: Product | None) -> None:
     e.line(f"m0: T.let[T.int64] = {m0}")
-    accumulate(e, rows, panel, "c", depth, lambda i: f"{x(i)} * {w}")
+    if product is not None:
+        product(e, rows)
+    else:
+        accumulate(e, rows, panel, "c", depth, lambda i: f"{x(i)} * {w}")
     for i in range(rows):
         with e.block(f"for c in T.unroll({panel}):"):
             store(e, i, f"(pn * {panel} + c) * 16 + l")

@@ -34,11 +34,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from rnnc.compiler.tvm import cell
+from rnnc.compiler.tvm import cell, quant
 from rnnc.compiler.tvm.emit import Emitter, prim_func
 from rnnc.compiler.tvm.gemm import accumulate, gemm
-from rnnc.compiler.tvm.spec import (ACTIVATIONS, LANES, SERIAL_BELOW, LayerSpec, check, signature, state_index,
-                                    time_index)
+from rnnc.compiler.tvm.spec import (ACTIVATIONS, LANES, SERIAL_BELOW, LayerSpec, check, signature,
+                                    state_index, time_index)
 
 __all__ = ["ACTIVATIONS", "LANES", "LayerSpec", "layer_primfunc", "layer_source", "pack"]
 
@@ -55,8 +55,8 @@ def _barrier(name: str) -> str:
 
 def pack(spec: LayerSpec, w: np.ndarray, r: np.ndarray, b: np.ndarray | None,
          p: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """ONNX W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] (, P [D, 3*H]) -> the kernel's float32 constants,
-    by parameter name (`spec.signature`).
+    """ONNX W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] (, P [D, 3*H]) -> the kernel's constants, by
+    parameter name (`spec.signature`): float32, with W and R at `spec.precision` (`quant.pack`).
 
     W -> [D, G*Hp/16, I, 16] (GEMM panels), R -> [D, Hp/16, Hp, G, 16] (one panel per column tile),
     Bias -> [D, G*Hp] folded (Wb + Rb, except GRU's recurrent bias of the new gate, which is applied
@@ -92,7 +92,7 @@ def pack(spec: LayerSpec, w: np.ndarray, r: np.ndarray, b: np.ndarray | None,
     if p is not None:
         arrays["P"] = np.zeros((d_, 3, hp))
         arrays["P"][:, :, :h_] = np.asarray(p, np.float64).reshape(d_, 3, h_)
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
+    return quant.pack(spec, arrays)
 
 
 def _packed_columns(spec: LayerSpec) -> np.ndarray:
@@ -130,6 +130,12 @@ def layer_source(spec: LayerSpec, name: str = "main") -> str:
             e.line(f'Cs = T.alloc_buffer(({d_}, batch, {hp}), "float32")')
         if cell.two_phase(spec):
             e.line(f'RH = T.alloc_buffer(({d_}, batch, {hp}), "float32")')
+        if spec.vnni_int8:  # uint8 activations and their row scales (`quant`)
+            e.line(f'Xq = T.alloc_buffer((seq * batch, {spec.ip}), "uint8")')
+            e.line(f'Xr = T.alloc_buffer((seq * batch, {spec.ip}), "uint8")  # X\'s second byte')
+            e.line('Xsc = T.alloc_buffer((seq * batch,), "float32")')
+            e.line(f'Hq = T.alloc_buffer(({d_}, batch, {hp}), "uint8")')
+            e.line(f'Hsc = T.alloc_buffer(({d_}, batch), "float32")')
         macs = g_ * hp * hp  # per batch row and step (the directions run one after the other)
         below = SERIAL_BELOW if spec.serial_below < 0 else spec.serial_below
         if macs >= below:
@@ -149,6 +155,9 @@ def _body(e: Emitter, spec: LayerSpec, parallel: bool) -> None:
     loop = "T.parallel" if parallel else "T.serial"
     with e.block(_REGION if parallel else None):
         # serial: the GEMM still has rows to share, in its own parallel loop (one launch)
+        if spec.vnni_int8:
+            with e.block(_barrier("_xquant") if parallel else None):
+                _quantize_x(e, spec)
         with e.block(_barrier("_gemm") if parallel else None):
             _projection(e, spec)
         with e.block(_barrier("_init") if parallel else None), _per_row(e, spec, loop):
@@ -159,12 +168,18 @@ def _body(e: Emitter, spec: LayerSpec, parallel: bool) -> None:
         # the time loop, one direction after the other: each direction's R stays in the L2 of the
         # core(s) working on it for all T steps, instead of both sharing it every step
         with e.block(f"for d in T.serial({len(spec.directions)}):"), e.block("for t in T.serial(seq):"):
+            if spec.vnni_int8:  # H of every row to uint8, before any product reads it
+                with e.block(_barrier("_hquant") if parallel else "for _hquant in T.serial(1):"):
+                    _quantize_h(e, spec, loop, "Hs[t % 2, d, b, {k}]")
             if not cell.two_phase(spec):
                 with e.block(_barrier("_step") if parallel else None):
                     _step_items(e, spec, loop, bt, "full")
             else:  # GRU with r before R: z, r and r*H for every unit, a barrier, then the new gate
                 with e.block(_barrier("_step") if parallel else "for _step in T.serial(1):"):
                     _step_items(e, spec, loop, bt, "zr")
+                if spec.vnni_int8:
+                    with e.block(_barrier("_rquant") if parallel else "for _rquant in T.serial(1):"):
+                        _quantize_h(e, spec, loop, "RH[d, b, {k}]")
                 with e.block(_barrier("_step2") if parallel else "for _step2 in T.serial(1):"):
                     _step_items(e, spec, loop, bt, "n")
         if spec.yh_layout or spec.yc_layout:
@@ -190,18 +205,51 @@ def _initial(buffer: str, given: bool, h_: int) -> str:
     return f"T.if_then_else(j < {h_}, {buffer}[d, b, T.min(j, {h_ - 1})], T.float32(0))"
 
 
+def _xrow(spec: LayerSpec) -> str:
+    return "X[{m} // batch, {m} % batch, {k}]" if spec.x_layout == "tbi" else "X[{m} % batch, {m} // batch, {k}]"
+
+
+def _quantize_x(e: Emitter, spec: LayerSpec) -> None:
+    """Xq, Xr[m] = X row m in two uint8 (`quant`) with its own scale Xsc[m] (VNNI's input projection;
+    shared by the directions)."""
+    with e.block("for m in T.parallel(seq * batch):"):
+        quant.quantize_row(e, lambda k: _xrow(spec).format(m="m", k=k), spec.input_size, spec.ip,
+                           lambda k: f"Xq[m, {k}]", "Xsc[m]", residual=lambda k: f"Xr[m, {k}]")
+
+
+def _quantize_h(e: Emitter, spec: LayerSpec, loop: str, src: str) -> None:
+    """Hq[d, b] = `src` (H or GRU's r * H) of row b in uint8, its scale Hsc[d, b]."""
+    with e.block(f"for b in {loop}(batch):"):
+        quant.quantize_row(e, lambda k: src.format(k=k), spec.hp, spec.hp, lambda k: f"Hq[d, b, {k}]",
+                           "Hsc[d, b]")
+
+
 def _projection(e: Emitter, spec: LayerSpec) -> None:
     """XP[d, m, :] = X(m) @ W[d] + Bias[d] for every m = t*batch + b, all steps in one GEMM."""
+    # VNNI's tile has two accumulators per row and block (X's two bytes): half the panel keeps them in registers
     nr = spec.gemm_panel()
-    xrow = "X[{m} // batch, {m} % batch, k]" if spec.x_layout == "tbi" else "X[{m} % batch, {m} // batch, k]"
+    if spec.vnni_int8:
+        nr = 2 if nr % 2 == 0 else 1
+    xrow = _xrow(spec)
+    ws = quant.scale(spec, "Ws", "{col}")
 
     def store(e: Emitter, i: int, col: str) -> None:
         with e.block("for l in T.vectorized(16):"):
-            e.line(f"XP[d, m0 + {i}, {col}] = acc{i}[c, l] + Bias[d, {col}]")
+            e.line(f"XP[d, m0 + {i}, {col}] = acc{i}[c, l]{ws.format(col=col)} + Bias[d, {col}]")
+
+    def vnni(e: Emitter, rows: int) -> None:  # the tile's products on vpdpbusd, from Xq
+        col = f"(pn * {nr} + c) * 16 + l"
+        quant.accumulate_vnni(
+            e, rows, nr, "c", spec.ip // 4, lambda i: f"Xq[m0 + {i}, T.ramp(k * 4, 1, 4)]",
+            "W[d, pn * {nr} + c, k, T.ramp(0, 1, 64)]".format(nr=nr),
+            lambda i: quant.dequantized(f"qacc{i}[c, l]", f"Wsum[d, {col}]", f"Xsc[m0 + {i}]", f"Ws[d, {col}]",
+                                        f"qacc{i}r[c, l]"),
+            a2=lambda i: f"Xr[m0 + {i}, T.ramp(k * 4, 1, 4)]")
 
     e.line("rows: T.let[T.int64] = seq * batch")
     gemm(e, tile=spec.gemm_rows, panel=nr, panels=spec.gates * spec.hp // LANES // nr, depth=spec.input_size,
-         x=lambda i: xrow.format(m=f"(m0 + {i})"), store=store, lead=len(spec.directions))
+         x=lambda i: xrow.format(m=f"(m0 + {i})", k="k"), store=store, lead=len(spec.directions),
+         widen=lambda w: quant.widen(spec, w), product=vnni if spec.vnni_int8 else None)
 
 
 def _step_items(e: Emitter, spec: LayerSpec, loop: str, bt: int, phase: str) -> None:
@@ -240,7 +288,19 @@ def _recurrent_product(e: Emitter, spec: LayerSpec, rows: int, phase: str) -> No
     gates = {"full": list(range(g_)), "zr": [0, 1], "n": [2]}[phase]
     src = "RH[d, b0 + {i}, k]" if phase == "n" else "Hs[cur, d, b0 + {i}, k]"
     ng, g0 = len(gates), gates[0]
-    accumulate(e, rows, ng, "g", spec.hp, lambda i: f"{src.format(i=i)} * R[d, jo, k, g + {g0}, l]")
+    col = f"(jo * {g_} + g + {g0}) * 16 + l"
+    if spec.vnni_int8:  # from Hq (H, or RH in phase n, quantized by the phase before)
+        quant.accumulate_vnni(
+            e, rows, ng, "g", spec.hp // 4, lambda i: f"Hq[d, b0 + {i}, T.ramp(k * 4, 1, 4)]",
+            f"R[d, jo, k, g + {g0}, T.ramp(0, 1, 64)]",
+            lambda i: quant.dequantized(f"qacc{i}[g, l]", f"Rsum[d, {col}]", f"Hsc[d, b0 + {i}]", f"Rs[d, {col}]"))
+    else:
+        r = quant.widen(spec, f"R[d, jo, k, g + {g0}, l]")
+        accumulate(e, rows, ng, "g", spec.hp, lambda i: f"{src.format(i=i)} * {r}")
+        if rs := quant.scale(spec, "Rs", col):  # widened int8: each column's scale, once per step
+            for i in range(rows):
+                with e.block(f"for g in T.unroll({ng}):"), e.block("for l in T.vectorized(16):"):
+                    e.line(f"acc{i}[g, l] = acc{i}[g, l]{rs}")
     for i in range(rows):
         tt = "tt"
         if spec.seq_lens:  # each row has its own step under sequence_lens (reverse starts at len - 1)

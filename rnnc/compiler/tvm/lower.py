@@ -27,6 +27,7 @@ import onnx
 from rnnc.compiler.tvm.absorb import absorb
 from rnnc.compiler.tvm.sequences import sequences_to_scan_outputs
 from rnnc.compiler.tvm.spec import Tuning
+from rnnc.errors import Unsupported
 
 __all__ = ["Lowered", "Tuning", "lower"]
 
@@ -47,16 +48,21 @@ class Lowered:
 
 
 def lower(proto: onnx.ModelProto, target_kind: str = "llvm", tuning: Tuning | None = None,
-          fusions: tuple[str, ...] = ("dense", "layouts", "conv")) -> Lowered:
+          fusions: tuple[str, ...] = ("dense", "layouts", "conv"), precision: str = "fp32",
+          vnni: bool = False) -> Lowered:
     """The Relax module of an ONNX model, whose `main` takes the graph inputs in order; `target_kind`
-    is "llvm" or "cuda"; `fusions` the rewrites of `absorb` to apply (dense and conv on llvm only)."""
+    is "llvm" or "cuda"; `fusions` the rewrites of `absorb` to apply (dense and conv on llvm only);
+    `precision` how the recurrent layers' W and R are stored ("fp32", "bf16", "int8": `quant`, CPU
+    only), `vnni` whether int8 products may use AVX512-VNNI (the target's LLVM features have it)."""
     from rnnc.compiler.tvm.frontend import KERNELS, Importer
 
     if target_kind not in KERNELS:
         raise ValueError(f"target kind {target_kind!r}: expected one of {', '.join(KERNELS)}")
     graph = absorb(sequences_to_scan_outputs(proto), dense="dense" in fusions and target_kind == "llvm",
                    layouts="layouts" in fusions, conv="conv" in fusions and target_kind == "llvm")
-    importer = Importer(target_kind, tuning or Tuning())
+    if precision != "fp32" and target_kind != "llvm":
+        raise Unsupported(f"{precision} recurrent kernels are CPU only (target kind {target_kind})")
+    importer = Importer(target_kind, tuning or Tuning(), precision, vnni)
     module = importer.import_model(graph)
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [{"name": v.name, "dtype": _DTYPES.get(v.type.tensor_type.elem_type, "float32")}

@@ -18,6 +18,10 @@ SERIAL_BELOW = 1 << 17
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 ACTIVATIONS = ("Sigmoid", "Tanh", "Relu")
 TARGETS = ("llvm", "cuda")
+# what a layer's weights are stored as (`quant`): fp32; bf16 (the upper half of float32, widened in
+# the inner loop); int8 (a scale per gate row, on VNNI's u8 x s8 products, or widened to float32)
+PRECISIONS = ("fp32", "bf16", "int8")
+WEIGHT_DTYPES = {"fp32": "float32", "bf16": "uint16", "int8": "int8"}
 # Y layouts: Y's dims (D directions, H units, DH = D * H) and where (tt, d, b, j) lands.
 Y_LAYOUTS = {
     "tdbh": (("seq", "D", "batch", "H"), "{tt}, d, {b}, {j}"),  # ONNX layout 0
@@ -87,6 +91,8 @@ class LayerSpec:
     batch_tile: int = DEFAULT_TILES.batch_tile  # a partial last tile has its own variant
     gemm_rows: int = DEFAULT_TILES.gemm_rows
     serial_below: int = -1  # multiply-adds per step under which steps run serially; -1: SERIAL_BELOW
+    precision: str = "fp32"  # fp32 | bf16 | int8: how W and R are stored (`quant`); state and gates stay float32
+    vnni: bool = False  # int8 only: products on AVX512-VNNI (vpdpbusd), else int8 widened to float32
 
     @property
     def gates(self) -> int:
@@ -104,6 +110,16 @@ class LayerSpec:
         defaults = {"lstm": ("Sigmoid", "Tanh", "Tanh"), "gru": ("Sigmoid", "Tanh"), "rnn": ("Tanh",)}
         return defaults[self.cell] * len(self.directions)
 
+    @property
+    def vnni_int8(self) -> bool:
+        """int8 products on VNNI: activations quantized to uint8, weights in 64-byte k-groups of 4."""
+        return self.precision == "int8" and self.vnni
+
+    @property
+    def ip(self) -> int:
+        """Input features padded to a multiple of 4 (VNNI's k-group); the input size otherwise."""
+        return -(-self.input_size // 4) * 4 if self.vnni_int8 else self.input_size
+
     def gemm_panel(self) -> int:
         """Column blocks (16 wide) per GEMM register tile: the largest of 4..1 dividing G*Hp/16."""
         return panel(self.gates * self.hp // LANES)
@@ -115,11 +131,17 @@ def panel(blocks: int) -> int:
 
 
 def signature(spec: LayerSpec, target: str) -> tuple[Param, ...]:
-    """The layer kernel's parameters in order: X, W, R, Bias, [Rbn], [H0], [C0], [P], [Lens], then the
-    outputs Y, Yh, Yc whose layout is set. The weights' shapes are the target's packing: 16-wide
-    panels with H padded to Hp on the CPU (`kernels.pack`), transposed on CUDA (`cuda.pack`)."""
+    """The layer kernel's parameters in order: X, W, R, Bias, [Ws, Rs, [Wsum, Rsum]], [Rbn], [H0], [C0],
+    [P], [Lens], then the outputs Y, Yh, Yc whose layout is set. The weights' shapes are the target's
+    packing: 16-wide panels with H padded to Hp on the CPU (`kernels.pack`, `quant.pack` below
+    fp32), transposed on CUDA (`cuda.pack`)."""
     d, g, h, hp, i = len(spec.directions), spec.gates, spec.hidden, spec.hp, spec.input_size
-    if target == "llvm":
+    if spec.precision != "fp32" and target != "llvm":
+        raise ValueError(f"{spec.precision} layer kernels are CPU (llvm) only")
+    if target == "llvm" and spec.vnni_int8:  # (.., k-group of 4, [gate,] 16 columns x 4 k): vpdpbusd's B operand
+        weights = {"W": (d, g * hp // LANES, spec.ip // 4, 4 * LANES), "R": (d, hp // LANES, hp // 4, g, 4 * LANES),
+                   "Bias": (d, g * hp), "Rbn": (d, hp), "P": (d, 3, hp)}
+    elif target == "llvm":
         weights = {"W": (d, g * hp // LANES, i, LANES), "R": (d, hp // LANES, hp, g, LANES), "Bias": (d, g * hp),
                    "Rbn": (d, hp), "P": (d, 3, hp)}
     elif target == "cuda":
@@ -129,7 +151,13 @@ def signature(spec: LayerSpec, target: str) -> tuple[Param, ...]:
     else:
         raise ValueError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
     x = ("seq", "batch", i) if spec.x_layout == "tbi" else ("batch", "seq", i)
-    params = [Param("X", x), Param("W", weights["W"]), Param("R", weights["R"]), Param("Bias", weights["Bias"])]
+    wtype = WEIGHT_DTYPES[spec.precision]
+    params = [Param("X", x), Param("W", weights["W"], wtype), Param("R", weights["R"], wtype),
+              Param("Bias", weights["Bias"])]
+    if spec.precision == "int8":  # a scale per packed column (gate row); on VNNI, the zero point's correction
+        params += [Param("Ws", (d, g * hp)), Param("Rs", (d, g * hp))]
+        if spec.vnni:
+            params += [Param("Wsum", (d, g * hp), "int32"), Param("Rsum", (d, g * hp), "int32")]
     if spec.cell == "gru" and spec.linear_before_reset:  # the new gate's Rb, applied inside r * (R h + Rb)
         params.append(Param("Rbn", weights["Rbn"]))
     if spec.initial_h:
@@ -181,3 +209,4 @@ def check(spec: LayerSpec) -> None:
     assert not (spec.peepholes or spec.initial_c) or spec.cell == "lstm"
     assert all(a in ACTIVATIONS for a in spec.acts)
     assert spec.batch_tile >= 1 and spec.gemm_rows >= 1
+    assert spec.precision in PRECISIONS, spec.precision

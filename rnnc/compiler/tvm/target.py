@@ -92,6 +92,14 @@ def host_target() -> dict[str, Any]:
     return {"kind": "llvm", "mcpu": mcpu} if mcpu else {"kind": "llvm"}
 
 
+def llvm_features(target: dict[str, Any]) -> set[str]:
+    """The ISA features LLVM generates code with for this llvm target (e.g. "avx512vnni")."""
+    import tvm
+    from tvm.target import codegen
+
+    return set(codegen.llvm_get_cpu_features(tvm.target.Target(target)))
+
+
 def vector_bits(target: dict[str, Any]) -> int:
     """The widest vector registers the llvm target has: 512 (AVX-512), 256 (AVX2), else 128."""
     import tvm

@@ -45,8 +45,10 @@ def cache_dir(options: dict[str, Any]) -> Path | None:
     return Path(options["tune_cache"]) if options.get("tune_cache") else None
 
 
-def key(proto: onnx.ModelProto, shapes: list[tuple[int, int]], tvm_target: dict[str, Any]) -> str:
-    """What makes two builds the same problem: structure, shapes and target, not weight values."""
+def key(proto: onnx.ModelProto, shapes: list[tuple[int, int]], tvm_target: dict[str, Any],
+        precision: str = "fp32") -> str:
+    """What makes two builds the same problem: structure, shapes, target and the weights' precision
+    (an int8 step is another kernel), not weight values."""
     h = hashlib.sha256()
     for node in proto.graph.node:
         h.update(node.op_type.encode())
@@ -55,14 +57,17 @@ def key(proto: onnx.ModelProto, shapes: list[tuple[int, int]], tvm_target: dict[
         h.update(f"{init.name}:{list(init.dims)}".encode())
     h.update(json.dumps([list(s) for s in shapes]).encode())
     h.update(json.dumps(tvm_target, sort_keys=True).encode())
+    if precision != "fp32":  # fp32 keys stay what they were: existing caches still hit
+        h.update(precision.encode())
     return h.hexdigest()[:24]
 
 
-def choose(model: Any, target: str, tvm_target: dict[str, Any],
-           options: dict[str, Any]) -> tuple[Tuning, dict[str, Any]]:
-    """The tuning to build with, and what to record about where it came from."""
+def choose(model: Any, target: str, tvm_target: dict[str, Any], options: dict[str, Any],
+           precision: str = "fp32", vnni: bool = False) -> tuple[Tuning, dict[str, Any]]:
+    """The tuning to build with, and what to record about where it came from; `precision` and
+    `vnni` are the layer kernels' (`lower.lower`), searched as they will be built."""
     budget = float(options.get("tune_s") or options.get("tune") or 0)
-    k = key(model.onnx, list(model.shapes), tvm_target)
+    k = key(model.onnx, list(model.shapes), tvm_target, precision)
     if options.get("tuning"):  # the caller's own choice wins over cache and search
         return Tuning(**options["tuning"]), {"source": "options", "key": k}
     directory = cache_dir(options)
@@ -75,7 +80,7 @@ def choose(model: Any, target: str, tvm_target: dict[str, Any],
             pass  # a damaged record is searched again
     if budget <= 0 or target != "cpu":
         return untuned(target, tvm_target), {"source": "default", "key": k}
-    best, trials = search(model, tvm_target, budget, untuned(target, tvm_target))
+    best, trials = search(model, tvm_target, budget, untuned(target, tvm_target), precision, vnni)
     if path is not None:
         rec = {"tuning": best[0].as_dict(), "measured_ms": best[1], "trials": trials, "key": k}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +90,8 @@ def choose(model: Any, target: str, tvm_target: dict[str, Any],
     return best[0], {"source": "search", "key": k, "measured_ms": best[1], "trials": len(trials)}
 
 
-def search(model: Any, tvm_target: dict[str, Any], budget: float,
-           first: Tuning | None = None) -> tuple[tuple[Tuning, float], list[dict[str, Any]]]:
+def search(model: Any, tvm_target: dict[str, Any], budget: float, first: Tuning | None = None,
+           precision: str = "fp32", vnni: bool = False) -> tuple[tuple[Tuning, float], list[dict[str, Any]]]:
     import tvm
     from tvm import relax
 
@@ -99,7 +104,8 @@ def search(model: Any, tvm_target: dict[str, Any], budget: float,
     for cand in dict.fromkeys(([first] if first else []) + CANDIDATES):
         if time.perf_counter() > deadline and best is not None:
             break
-        ex = tvm.compile(lower(model.onnx, "llvm", cand).module, tvm.target.Target(tvm_target))
+        ex = tvm.compile(lower(model.onnx, "llvm", cand, precision=precision, vnni=vnni).module,
+                         tvm.target.Target(tvm_target))
         vm = relax.VirtualMachine(ex, tvm.cpu())
         args = [tvm.runtime.tensor(arrays[t.name]) for t in model.inputs]
         vm["main"](*args)
