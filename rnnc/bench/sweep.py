@@ -17,7 +17,7 @@ import numpy as np
 
 from rnnc import host, stats, targets
 from rnnc.bench import against as ab
-from rnnc.bench import measure
+from rnnc.bench import measure, roof
 from rnnc.bench import stream as streaming
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
@@ -25,6 +25,7 @@ from rnnc.bench.sources import (Source, default_out, fingerprint, first_step_twi
                                 resolve_sources, sweep_shapes)
 from rnnc.errors import UserError
 from rnnc.graphs.model import Model
+from rnnc.graphs.work import Work, model_work
 from rnnc.progress import SILENT, Progress
 from rnnc.records import report as schema
 from rnnc.records.manifest import Manifest
@@ -199,6 +200,7 @@ def _start_report(path: Path, resume: bool, target: str, settings: measure.Setti
         report["calibration"]["workload"] = measure.CALIBRATION
     if extra:
         report["test_extra_work"] = dict(extra)
+    report["environment"].setdefault("roof", roof.measured(in_force["torch_intra_op"]).to_json())
     return report
 
 
@@ -264,7 +266,8 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
         measured = _measure_shape(model, {n: runners[n] for n in names if n in runners} | old_runners, batch,
                                   seq, settings, check, extra_work, seed, calibration, report, streamed)
         rows += [r for r in measured if not r.backend.endswith(ab.SUFFIX)]
-        report["rows"] += [_with_precision(r, manifest).to_json() for r in rows]
+        machine, work = roof.Roof.from_json(report["environment"].get("roof")), _work(model, batch, seq)
+        report["rows"] += [roof.with_roof(_with_precision(r, manifest), work, machine).to_json() for r in rows]
         report["rows"].sort(key=_row_order(report))
         schema.write_atomic(report_path, report)
         if old is not None:
@@ -272,7 +275,9 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
                         for n in names if n in old.not_run]
             old_rows += [r.model_copy(update={"backend": r.backend.removesuffix(ab.SUFFIX)}) for r in measured
                          if r.backend.endswith(ab.SUFFIX)]
-            old.report["rows"] += [_with_precision(r, old.manifest).to_json() for r in old_rows]
+            old_work = _work(old.model, batch, seq)
+            old.report["rows"] += [roof.with_roof(_with_precision(r, old.manifest), old_work, machine).to_json()
+                                   for r in old_rows]
             old.report["rows"].sort(key=_row_order(old.report))
             schema.write_atomic(old.path, old.report)
         bar.measured(len(names), time.perf_counter() - started)
@@ -396,6 +401,11 @@ def _not_run_row(model: str, backend: str, batch: int, seq: int, status: str, re
                  check: dict[str, Any] | None = None, mode: str | None = None) -> Row:
     return Row(model=model, backend=backend, batch_size=batch, seq_len=seq, status=status, reason=reason,
                check=check, mode=mode)
+
+
+def _work(model: Model, batch: int, seq: int) -> Work | None:
+    """The model's work at one shape for the rows' roofline figures (`rnnc.graphs.work`)."""
+    return model_work(model.onnx, model.inputs, batch, seq)
 
 
 def _with_precision(row: Row, manifest: Manifest) -> Row:

@@ -9,6 +9,9 @@ around the rows stays plain JSON data: the renderer and the gate read it as such
   `chunk_calls`, `state_resets`) and of generative models (`steps`, `ms_per_step`, `steps_per_s`,
   `first_step_ms`); a version 2 report is a version 3 one without them. The version says so to
   an older rnnc, which would otherwise refuse the new keys one by one.
+- 4: optional keys of where a row stands against the machine (`gflops`, `roof_fraction`,
+  `r_bytes_per_step`, `bw_fraction`, `bw_level`; `rnnc.bench.roof`) and the environment's `roof`;
+  a version 3 report is a version 4 one without them.
 
 A row's key is (model, backend, batch size, sequence length), and the mode after them for a row
 that is not a plain call (`stream`): a stream row and a plain row of the same shape are different
@@ -28,12 +31,13 @@ from rnnc.errors import UserError
 from rnnc.records.manifest import PRECISIONS
 
 FORMAT = "rnnc-bench-report"
-VERSION = 3
+VERSION = 4
 # model, backend, batch size, sequence length (the chunk length of a stream row), and a mode if not plain
 RowKey = Union[tuple[str, str, int, int], tuple[str, str, int, int, str]]
 
 STREAM_KEYS = ("chunks_per_s", "chunk_ms", "rtf", "bind_ms", "chunk_calls", "state_resets")
 GENERATION_KEYS = ("ms_per_step", "steps_per_s", "first_step_ms")
+ROOF_KEYS = ("gflops", "roof_fraction", "r_bytes_per_step", "bw_fraction", "bw_level")
 TIMED_KEYS = ("samples_ms", "median_ms", "iqr_ms", "p90_ms", "p99_ms", "sequences_per_s", "tokens_per_s")
 STATUSES = ("ok", "skipped", "failed")
 
@@ -83,6 +87,12 @@ class Row(BaseModel):
     ms_per_step: Optional[float] = None  # median_ms / steps
     steps_per_s: Optional[float] = None  # 1000 * steps / median_ms, for each sequence of the batch
     first_step_ms: Optional[float] = None  # latency to the first step; only where the backend can run it
+    # against the machine (`rnnc.bench.roof`), where the model's work is known (`rnnc.graphs.work`)
+    gflops: Optional[float] = None  # the model's FLOPs per call / median_ms
+    roof_fraction: Optional[float] = None  # gflops / the environment's measured sgemm roof
+    r_bytes_per_step: Optional[int] = None  # the recurrent weights R one step reads, at the row's precision
+    bw_fraction: Optional[float] = None  # time to read R per call at bw_level's bandwidth / median_ms
+    bw_level: Optional[Literal["L2", "L3", "memory"]] = None  # the level R fits in
 
     @model_validator(mode="after")
     def _complete(self) -> Row:
@@ -102,6 +112,11 @@ class Row(BaseModel):
             raise ValueError("rtf and chunk_ms go together")
         if self.steps is None and any(getattr(self, k) is not None for k in GENERATION_KEYS):
             raise ValueError("ms_per_step, steps_per_s and first_step_ms: only on a row with steps")
+        if self.status != "ok" and any(getattr(self, k) is not None for k in ROOF_KEYS):
+            raise ValueError(f"{', '.join(k for k in ROOF_KEYS if getattr(self, k) is not None)}: only on a row that ran")
+        if any(v is not None and not (math.isfinite(v) and v >= 0)
+               for v in (self.gflops, self.roof_fraction, self.bw_fraction, self.r_bytes_per_step)):
+            raise ValueError("gflops, roof_fraction, r_bytes_per_step and bw_fraction must be finite and >= 0")
         return self
 
     def _needed(self) -> list[str]:
@@ -166,7 +181,11 @@ def _v2_to_v3(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "version": 3}  # only optional keys were added
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(report: dict[str, Any]) -> dict[str, Any]:
+    return {**report, "version": 4}  # only optional keys were added
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def upgrade(report: Any) -> Any:

@@ -10,6 +10,8 @@ from typing import Any
 
 from rnnc.reports import schema
 
+ROOF_AIM = 0.80  # the share of the sgemm roof a row of batch 16 and up aims at
+
 
 @dataclass(frozen=True)
 class Block:
@@ -72,7 +74,11 @@ def _environment(report: dict[str, Any], baseline: dict[str, Any] | None) -> lis
     keys += [("target", lambda r: r.get("target")),
              ("min samples / min time per row", lambda r: _settings(r)),
              ("--check", lambda r: _get(r, "settings", "check")),
-             ("calibration", lambda r: _calibration(r))]
+             ("calibration", lambda r: _calibration(r)),
+             ("sgemm roof", lambda r: _roof(r, "sgemm_gflops", "GFLOP/s")),
+             ("L2 bandwidth", lambda r: _roof(r, "l2_gbps", "GB/s", "l2_bytes", "L2 of the cores used: {}")),
+             ("L3 bandwidth", lambda r: _roof(r, "l3_gbps", "GB/s", "l3_bytes", "L3 {}")),
+             ("memory bandwidth", lambda r: _roof(r, "memory_gbps", "GB/s", "memory_buffer_bytes", "reading {}"))]
     header = ("", "this report") + (("baseline",) if baseline else ())
     rows = tuple((k,) + tuple("-" if f(s) is None else str(f(s)) for s in sides) for k, f in keys)
     return [Block("h2", "Environment"), Block("table", header=header, rows=rows)]
@@ -148,14 +154,20 @@ def extra_columns(rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 
     columns = [("chunks/s", "chunks_per_s", _rate), ("RTF", "rtf", lambda v: f"{v:.3g}"),
                ("bind ms", "bind_ms", _ms), ("steps", "steps", str), ("ms/step", "ms_per_step", _ms),
-               ("steps/s", "steps_per_s", _rate), ("first step ms", "first_step_ms", _ms)]
-    return [(header, num(key, fmt)) for header, key, fmt in columns if has(key)]
+               ("steps/s", "steps_per_s", _rate), ("first step ms", "first_step_ms", _ms),
+               ("GFLOP/s", "gflops", _gflops), ("% roof", "roof_fraction", _percent),
+               ("R/step", "r_bytes_per_step", _bytes)]
+    found = [(header, num(key, fmt)) for header, key, fmt in columns if has(key)]
+    if has("bw_fraction"):
+        found.append(("R bw", lambda r: "-" if r.get("bw_fraction") is None
+                      else f"{_percent(r['bw_fraction'])} {r.get('bw_level') or ''}".rstrip()))
+    return found
 
 
 def _kinds(rows: list[dict[str, Any]]) -> list[Block]:
-    """What the columns of stream and generation rows mean, where the model has such rows."""
+    """What the columns of stream, generation and roofline figures mean, where the model has such rows."""
     ok = [r for r in rows if r["status"] == "ok"]
-    blocks = []
+    blocks = _roofline(ok)
     if any(r.get("mode") == "stream" for r in rows):
         chunk = next((r["chunk_ms"] for r in ok if r.get("chunk_ms") is not None), None)
         blocks.append(Block("p", "Streamed (`rnnc bench --stream`): each call is one chunk of `chunk` steps on "
@@ -173,6 +185,26 @@ def _kinds(rows: list[dict[str, Any]]) -> list[Block]:
                                  "second; first step ms is the latency to the first step, timed on the same spec "
                                  "generating one step (for an encoder-decoder: the encoder and one step)."))
     return blocks
+
+
+def _roofline(ok: list[dict[str, Any]]) -> list[Block]:
+    """What GFLOP/s, % roof and R bw mean, and how the rows of batch 16 and up stand against the aim."""
+    if not any(r.get("gflops") is not None for r in ok):
+        return []
+    text = ("Against the machine (the environment's measured figures): GFLOP/s is the model's matmul FLOPs per "
+            "call (counted from its graph) over the median; % roof is that over the measured float32 sgemm roof "
+            "(a bf16 or int8 row may pass it). R/step "
+            "is the recurrent weights R one step reads at the row's precision; R bw is the share of the median "
+            "that reading R alone, every step, would take at the bandwidth of the level it fits in (L2, L3 or "
+            "memory): near 100% the row is bound by its weight traffic.")
+    big = [r for r in ok if r["batch_size"] >= 16 and r.get("roof_fraction") is not None]
+    if big:
+        best = max(big, key=lambda r: r["roof_fraction"])
+        reached = sum(r["roof_fraction"] >= ROOF_AIM for r in big)
+        text += (f" At batch 16 and up the aim is {ROOF_AIM:.0%} of the roof: {reached} of {len(big)} rows reach "
+                 f"it (best {_percent(best['roof_fraction'])}, {best['backend']} batch {best['batch_size']} "
+                 f"seq {best['seq_len']}).")
+    return [Block("p", text)]
 
 
 def _change_cells(c: Any) -> tuple[str, str, str, str]:
@@ -215,6 +247,19 @@ def _calibration(r: dict[str, Any]) -> str | None:
     return f"{cal.get('workload')}: median {stats.median(s):.4g} ms, IQR {stats.iqr(s):.2g} ms ({len(s)} samples)"
 
 
+def _roof(r: dict[str, Any], key: str, unit: str, size: str | None = None, label: str = "{}") -> str | None:
+    """One figure of the environment's `roof` (`rnnc.bench.roof`), with the size it stands for."""
+    roof = _get(r, "environment", "roof") or {}
+    if roof.get(key) is None:
+        return None
+    text = f"{roof[key]:,.4g} {unit}"
+    if size is not None and roof.get(size):
+        text += f" ({label.format(_bytes(roof[size]))})"
+    if key == "sgemm_gflops":
+        text += f" ({roof.get('threads')} threads, measured in {roof.get('measure_s', 0):.2g} s)"
+    return text
+
+
 def _get(d: Any, *keys: str) -> Any:
     for k in keys:
         if not isinstance(d, dict):
@@ -235,6 +280,14 @@ def _bytes(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return "-"
+
+
+def _gflops(v: float) -> str:
+    return f"{v:.3g}" if v < 1000 else f"{v:,.0f}"
+
+
+def _percent(v: float) -> str:
+    return f"{v:.1%}"
 
 
 def _ms(v: float) -> str:

@@ -30,12 +30,15 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: 
 
 def results_table(report: dict) -> str:
     """The terminal summary of a bench report: one line per row, speed-up over torch, warnings;
-    chunks/s and RTF for streamed rows, steps and ms/step for generative ones, where there are any."""
+    chunks/s and RTF for streamed rows, steps and ms/step for generative ones, GFLOP/s, the share of
+    the sgemm roof and of the time R's traffic takes (`rnnc.bench.roof`), where there are any."""
     torch_ms = {(r["model"], r["batch_size"], r["seq_len"], r.get("mode")): r["median_ms"] for r in report["rows"]
                 if r["backend"] == "torch" and r["status"] == "ok"}
     ok = [r for r in report["rows"] if r["status"] == "ok"]
     extra = [(h, k, f) for h, k, f in (("chunks/s", "chunks_per_s", "{:,.0f}"), ("rtf", "rtf", "{:.3g}"),
-                                       ("steps", "steps", "{}"), ("ms/step", "ms_per_step", "{:.4g}"))
+                                       ("steps", "steps", "{}"), ("ms/step", "ms_per_step", "{:.4g}"),
+                                       ("GFLOP/s", "gflops", "{:.3g}"), ("% roof", "roof_fraction", "{:.1%}"),
+                                       ("R bw", "bw_fraction", "{:.1%}"))
              if any(r.get(k) is not None for r in ok)]
     header = ("model", "backend", "batch", "seq", "median ms", "IQR ms", "p99 ms", "seq/s", "tokens/s",
               *(h for h, _, _ in extra), "vs torch", "cv", "n", "note")
