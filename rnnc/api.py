@@ -91,6 +91,7 @@ def verify(
         raise UserError(f"--chain: {source} has no state pairs (compile it with --state IN=OUT)")
     target = pipeline.check_target(source, manifest, target)
     chosen = list(backends) if backends is not None else list(manifest.backends)
+    pipeline.check_artifacts(source, manifest, [n for n in chosen if not targets.backend(n).runnable(target)])
     records: dict[str, BackendRecord] = {}
     runners: dict[str, Runner] = {}
     for name in chosen:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from rnnc.errors import UserError
+from rnnc.errors import INTERRUPTED, ArtifactChanged, OutOfResources, UserError
 from rnnc.progress import Progress
 
 if TYPE_CHECKING:
@@ -26,6 +26,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = _terminate_as_interrupt()
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
@@ -37,9 +49,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in err.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    except (ArtifactChanged, OutOfResources) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (OSError, MemoryError) as err:  # the machine (a full disk writing a plot), not rnnc's bug
+        from rnnc.records import outdir
+
+        explained = outdir.explain(err, Path(getattr(err, "filename", None) or "."))
+        if explained is err:
+            raise
+        print(f"error: {explained}", file=sys.stderr)
+        return getattr(explained, "exit_code", 1)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (a CI job cancelled, `kill`) unwinds like Ctrl-C, so that a compile's staging
+    directory is removed and a bench's report stays whole, instead of dying mid-write. Returns
+    the handlers it replaced (None off the main thread, where signals cannot be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    INTERRUPTED.clear()
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+        if handler is not signal.SIG_IGN:  # a job started with `&` or nohup keeps ignoring it
+            signal.signal(signum, interrupt)
+    return previous
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rnnc import host, targets
-from rnnc.errors import Unsupported, UserError
+from rnnc.errors import Unsupported, UserError, interrupted
 from rnnc.graphs import model_from_source
 from rnnc.graphs.model import Model
 from rnnc.graphs.onnx_export import save_onnx
 from rnnc.progress import SILENT, Progress
+from rnnc.records import outdir
+from rnnc.records.digests import check_files, digest_dir
 from rnnc.records.manifest import MANIFEST, BackendRecord, Manifest, Verification, read_manifest, write_manifest
 from rnnc.targets.base import Runner
 from rnnc.verify import verify
 
-__all__ = ["MANIFEST", "compile_model", "exit_code", "load_runner", "open_dir", "read_manifest"]
+__all__ = ["MANIFEST", "check_artifacts", "compile_model", "exit_code", "load_runner", "open_dir", "read_manifest"]
 
 
 def compile_model(
@@ -32,13 +34,28 @@ def compile_model(
 ) -> Manifest:
     """Build and verify every backend; a backend that cannot run is `skipped` with the reason.
 
-    `threads`: the pool size every backend's runner is verified with (None: each runtime's own).
+    DIR appears whole or not at all (`records.outdir.replacing`): built in a staging directory
+    beside it, every file's SHA-256 recorded, then moved into place; a failed or interrupted
+    compile leaves the previous DIR as it was. `threads`: the pool size every backend's runner is
+    verified with (None: each runtime's own).
     """
-    options = options or {}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    with outdir.replacing(out_dir, progress.note) as staging:
+        try:
+            manifest = _compile_into(model, target, backends, staging, progress, options or {}, threads)
+            write_manifest(staging, manifest.model_copy(update={"files": digest_dir(staging)}))
+        except (OSError, MemoryError, RuntimeError) as err:
+            explained = outdir.explain(err, out_dir, staging)
+            if explained is err:
+                raise
+            raise explained from None
+    return read_manifest(out_dir)
+
+
+def _compile_into(model: Model, target: str, backends: Sequence[str], out_dir: Path, progress: Progress,
+                  options: dict[str, Any], threads: int | None) -> Manifest:
     if model.origin is not None and "file" in model.source:  # what `verify DIR` rebuilds from
-        if model.origin.resolve() != (out_dir / model.source["file"]).resolve():
-            shutil.copyfile(model.origin, out_dir / model.source["file"])
+        shutil.copyfile(model.origin, out_dir / model.source["file"])
     if model.onnx is not None:  # the exported graph, whatever the backends (none: extra["no_onnx"] says why)
         save_onnx(model.onnx, out_dir / "model.onnx")
     manifest = new_manifest(model, target)
@@ -51,11 +68,7 @@ def compile_model(
         if runner is not None:
             runners[name] = runner
     progress.done()
-    write_manifest(out_dir, manifest)  # a record exists even if verification is interrupted
-
-    manifest = apply_verification(manifest, verify(model, runners, model.shapes, progress=progress))
-    write_manifest(out_dir, manifest)
-    return manifest
+    return apply_verification(manifest, verify(model, runners, model.shapes, progress=progress))
 
 
 def _build(model: Model, name: str, out_dir: Path, target: str, options: dict[str, Any], manifest: Manifest,
@@ -77,6 +90,10 @@ def _build(model: Model, name: str, out_dir: Path, target: str, options: dict[st
     except Unsupported as err:
         return skipped.but(reason=str(err)), None
     except Exception as err:  # noqa: BLE001 - one backend's bug must not hide the others
+        if interrupted(err):
+            raise KeyboardInterrupt from err
+        if outdir.out_of_resources(err):  # the machine, not the backend: the whole compile stops
+            raise
         return skipped.but(status="failed", reason=f"{type(err).__name__}: {err}",
                            traceback=traceback.format_exc(limit=8)), None
 
@@ -118,7 +135,16 @@ def open_dir(directory: Path) -> tuple[Manifest, Model]:
     """A compiled DIR's manifest and its model rebuilt from the recorded source (spec and seed)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    if file := manifest.source.get("file"):  # the model file the reference is rebuilt from
+        check_files(directory, manifest, [file])
     return manifest, model_from_source(manifest.source, directory)
+
+
+def check_artifacts(directory: Path, manifest: Manifest, names: Sequence[str]) -> None:
+    """`ArtifactChanged` unless every file the named backends would load is the one compile wrote
+    (its SHA-256 and size in the manifest): checked before anything of DIR is loaded."""
+    check_files(Path(directory), manifest,
+                [a for name in names if (record := manifest.backends.get(name)) for a in record.artifacts])
 
 
 def check_target(directory: Path, manifest: Manifest, target: str | None) -> str:
@@ -132,7 +158,7 @@ def check_target(directory: Path, manifest: Manifest, target: str | None) -> str
 
 def load_runner(directory: Path, manifest: Manifest, name: str, target: str, threads: int | None) -> Runner:
     """Backend `name`'s runner over its artifacts in DIR; a `UserError` when it has none or cannot
-    run here (a broken artifact raises whatever its runtime raises)."""
+    run here, `ArtifactChanged` when they are not what compile wrote."""
     module = targets.backend(name)
     record = manifest.backends.get(name)
     if record is None or not record.artifacts:
@@ -140,6 +166,7 @@ def load_runner(directory: Path, manifest: Manifest, name: str, target: str, thr
         raise UserError(f"{directory}: backend {name!r} has no artifact ({why})")
     if reason := module.runnable(target):
         raise UserError(f"backend {name!r} cannot run on {target} here: {reason}")
+    check_artifacts(directory, manifest, [name])
     return targets.load(name, Path(directory), manifest, target, threads)
 
 

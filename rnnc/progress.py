@@ -38,6 +38,14 @@ class Progress:
         self.stream.flush()
         self._shown = True
 
+    def note(self, line: str) -> None:
+        """One line that matters whenever it comes (a wait for a lock), not subject to `quiet_s`."""
+        if not self.enabled:
+            return
+        self.stream.write(("\r\033[K" if self.live and self._shown else "") + line + "\n")
+        self.stream.flush()
+        self._shown = False
+
     def done(self) -> None:
         """End the live line so that what follows starts on a fresh one."""
         if self.enabled and self.live and self._shown:

@@ -4,10 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import os
+
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 
 from rnnc.cli import main
+
+# Hypothesis profiles (tests/test_properties.py): "ci", the default, sized for the suite's time
+# budget; "nightly" ten times the examples. `RNNC_HYPOTHESIS=nightly pytest tests/test_properties.py`.
+# No example database, so that every run draws afresh and runs stay independent of each other.
+_PROFILE = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=100, **_PROFILE)
+settings.register_profile("nightly", max_examples=1000, **_PROFILE)
+settings.load_profile(os.environ.get("RNNC_HYPOTHESIS", "ci"))
 
 
 @pytest.fixture(autouse=True)

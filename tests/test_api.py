@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,7 +13,9 @@ from onnx import numpy_helper
 import rnnc
 from rnnc import api
 from rnnc.pipeline import exit_code
-from rnnc.errors import UserError
+from rnnc.errors import ArtifactChanged, UserError
+from rnnc.records.digests import digest_dir
+from rnnc.records.manifest import read_manifest, write_manifest
 from tests.conftest import make_spec
 
 CPU = ["torch", "torchscript", "onnxruntime"]
@@ -76,6 +79,12 @@ def test_verify_dir_passes_on_untouched_artifacts(compiled) -> None:
     assert exit_code(manifest) == 0 and set(manifest.backends) == set(CPU)
 
 
+def _digests_rewritten(directory: Path) -> None:
+    """The manifest's digests made to match the changed files: what only a deliberate edit does."""
+    manifest = read_manifest(directory)
+    write_manifest(directory, manifest.model_copy(update={"files": digest_dir(directory)}))
+
+
 def test_verify_dir_catches_an_artifact_changed_after_compile(compiled) -> None:
     model = onnx.load(str(compiled / "model.onnx"))
     init = next(i for i in model.graph.initializer if i.name == "l1.R")
@@ -83,6 +92,9 @@ def test_verify_dir_catches_an_artifact_changed_after_compile(compiled) -> None:
     value[0] += 0.05  # every recurrent weight of one direction: a change no draw of inputs can hide
     init.CopyFrom(numpy_helper.from_array(value, "l1.R"))
     onnx.save(model, str(compiled / "model.onnx"))
+    with pytest.raises(ArtifactChanged, match="model.onnx: changed since compile"):  # its digest, before any load
+        api.verify(compiled)
+    _digests_rewritten(compiled)  # the manifest changed too: the check against float64 still catches it
     manifest = api.verify(compiled)
     assert exit_code(manifest) == 1
     assert manifest.backends["onnxruntime"].status == "failed"
@@ -93,6 +105,9 @@ def test_verify_dir_catches_changed_torch_weights(compiled) -> None:
     state = torch.load(compiled / "torch_state.pt")
     state["dense.bias"][0] += 0.01  # one logit: softmax ignores a shift of all
     torch.save(state, compiled / "torch_state.pt")
+    with pytest.raises(ArtifactChanged, match="torch_state.pt"):
+        api.verify(compiled, backends=["torch"])
+    _digests_rewritten(compiled)
     manifest = api.verify(compiled, backends=["torch"])
     assert exit_code(manifest) == 1 and "not equivalent" in manifest.backends["torch"].reason
 

@@ -8,6 +8,8 @@ With `stream`, each timed call is one chunk with the state carried (`rnnc.bench.
 """
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rnnc import host, stats, targets
+from rnnc import host, pipeline, stats, targets
 from rnnc.bench import against as ab
 from rnnc.bench import measure, roof
 from rnnc.bench import stream as streaming
@@ -23,10 +25,11 @@ from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
 from rnnc.bench.sources import (Source, default_out, fingerprint, first_step_twin, one_step_steps, open_source,
                                 resolve_sources, sweep_shapes)
-from rnnc.errors import UserError
+from rnnc.errors import OutOfResources, UserError
 from rnnc.graphs.model import Model
 from rnnc.graphs.work import Work, model_work
 from rnnc.progress import SILENT, Progress
+from rnnc.records import outdir
 from rnnc.records import report as schema
 from rnnc.records.manifest import Manifest
 from rnnc.records.report import Row
@@ -138,10 +141,28 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
                      check, extra_work, seed, bar, threads, old, streamed)
     bar.close()
     report["finished"] = True
-    schema.write_atomic(report_path, report)
+    _save(report_path, report)
     if pair is not None:
         pair[0]["finished"] = True
-        schema.write_atomic(old_path, pair[0])
+        _save(old_path, pair[0])
+
+
+def _save(path: Path, report: dict[str, Any]) -> None:
+    """report.json rewritten after each row; out of disk space, the sweep stops with one line and the
+    file keeps every row finished before (the write is atomic), for `--resume` to complete."""
+    try:
+        schema.write_atomic(path, report)
+    except OSError as err:
+        if not outdir.out_of_resources(err):
+            raise
+        try:
+            kept = len(json.loads(path.read_text()).get("rows", []))
+        except (OSError, ValueError):
+            kept = 0
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise OutOfResources(f"{path}: no space left on device ({free:.1f} MiB free): the bench stopped; "
+                             f"the {kept} rows finished before are kept in it: free space and rerun with --resume"
+                             ) from None
 
 
 def _fixed_seq(model: Model) -> int | None:
@@ -269,7 +290,7 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
         machine, work = roof.Roof.from_json(report["environment"].get("roof")), _work(model, batch, seq)
         report["rows"] += [roof.with_roof(_with_precision(r, manifest), work, machine).to_json() for r in rows]
         report["rows"].sort(key=_row_order(report))
-        schema.write_atomic(report_path, report)
+        _save(report_path, report)
         if old is not None:
             old_rows = [_not_run_row(model.name, n, batch, seq, *old.not_run[n], mode=mode)
                         for n in names if n in old.not_run]
@@ -279,14 +300,17 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
             old.report["rows"] += [roof.with_roof(_with_precision(r, old.manifest), old_work, machine).to_json()
                                    for r in old_rows]
             old.report["rows"].sort(key=_row_order(old.report))
-            schema.write_atomic(old.path, old.report)
+            _save(old.path, old.report)
         bar.measured(len(names), time.perf_counter() - started)
     bar.show(f"{model.name} done")
 
 
 def _load_runners(manifest: Manifest, model_dir: Path, backends: list[str], needed: set[str], target: str,
                   threads: int | None) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
-    """A runner for every backend a sweep still needs, and (status, reason) of the others."""
+    """A runner for every backend a sweep still needs, and (status, reason) of the others. A DIR
+    whose files are not those compile wrote is refused whole (`ArtifactChanged`) before any load."""
+    pipeline.check_artifacts(model_dir, manifest, [n for n in backends if n in needed and n in manifest.backends
+                                                   and manifest.backends[n].status == "ok"])
     runners, not_run = {}, {}
     for name in backends:
         record = manifest.backends.get(name)

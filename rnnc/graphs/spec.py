@@ -7,7 +7,7 @@ silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -49,6 +49,15 @@ class RNNSpec(_Strict):
             raise ValueError(f"only cell rnn takes a nonlinearity, not cell {cell}")
         return value
 
+    @field_validator("bias", mode="before")
+    @classmethod
+    def _bias_as_written(cls, value: Any) -> Any:
+        """`true`, `false` or `single` only: YAML's 1, 0 or 1.0 would pass Literal[True, False]
+        (1 == True in Python), while every other flag of the spec refuses them."""
+        if isinstance(value, bool) or value == "single":
+            return value
+        raise ValueError(f"must be one of true, false or single, got {_show(value)}")
+
     @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -87,6 +96,7 @@ class DecoderSpec(_Strict):
     start_token: Annotated[int, Field(strict=True)] = 0
 
     _only_for_rnn = field_validator("nonlinearity")(RNNSpec._only_for_rnn.__func__)
+    _bias_as_written = field_validator("bias", mode="before")(RNNSpec._bias_as_written.__func__)
 
     @property
     def directions(self) -> int:
@@ -159,6 +169,11 @@ class ModelSpec(_Strict):
         return data
 
 
+# the values pydantic accepts: a cross-field rule judges only these (any other is pydantic's own line)
+_MODES = get_args(OutputSpec.model_fields["mode"].annotation)
+_ACTIVATIONS = get_args(DenseSpec.model_fields["activation"].annotation)
+
+
 def parse_spec(data: Any, source: str = "spec") -> ModelSpec:
     """Validate a parsed YAML document; raises UserError listing every problem."""
     if not isinstance(data, dict):
@@ -181,17 +196,20 @@ def _mode_rules(data: dict[str, Any]) -> list[str]:
     dense = _mapping(out.get("dense"))
     hidden = _int(rnn.get("hidden_size"))
     bidirectional = rnn.get("bidirectional") is True
+    directions = (2 if bidirectional else 1) if isinstance(rnn.get("bidirectional", False), bool) else None
     found = []
+    if mode not in _MODES or not isinstance(data.get("output", {}), dict):
+        mode = None  # refused by pydantic; the rules of a mode the user did not name would only mislead
     if rnn.get("state") is True and bidirectional:
         found.append("rnn.state: a bidirectional network cannot stream (its backward direction needs the "
                      "whole sequence); set rnn.bidirectional: false or rnn.state: false")
     if rnn.get("state") is True and mode == "encoder_decoder":
         found.append("rnn.state: an encoder-decoder starts its decoder from the encoder's final state, "
                      "it carries none across calls; state is for many_to_many, many_to_one and one_to_many")
-    if "steps" in out and mode != "one_to_many":
+    if "steps" in out and mode not in ("one_to_many", None):
         found.append(f"output.steps: only for mode one_to_many, not {mode}"
                      + ("; an encoder-decoder generates decoder.max_steps" if mode == "encoder_decoder" else ""))
-    if "decoder" in data and mode != "encoder_decoder":
+    if "decoder" in data and mode not in ("encoder_decoder", None):
         found.append(f"decoder: only for mode encoder_decoder, not {mode}")
     if mode == "one_to_many":
         found += _one_to_many_rules(out, dense, inp, bidirectional)
@@ -199,10 +217,10 @@ def _mode_rules(data: dict[str, Any]) -> list[str]:
         if "dense" in out and out["dense"] is not None:
             found.append("output.dense: an encoder-decoder has no head; its projection to decoder.vocab_size "
                          "(with softmax) is the head")
-        if "decoder" not in data:
+        if data.get("decoder") is None:  # absent or null
             found.append("decoder: required for mode encoder_decoder")
         else:
-            want = hidden * (2 if bidirectional else 1) if hidden else None
+            want = hidden * directions if hidden and directions else None
             got = dec.get("hidden_size")
             if want and _int(got) and got != want:
                 found.append(f"decoder.hidden_size: must equal rnn.hidden_size x directions = {want} "
@@ -216,7 +234,7 @@ def _mode_rules(data: dict[str, Any]) -> list[str]:
 def _one_to_many_rules(out: dict[str, Any], dense: dict[str, Any], inp: dict[str, Any],
                        bidirectional: bool) -> list[str]:
     found = []
-    if "steps" not in out:
+    if out.get("steps") is None:  # absent or null
         found.append("output.steps: required for mode one_to_many (how many steps to generate)")
     if bidirectional:
         found.append("rnn.bidirectional: one_to_many generates one step at a time; a backward direction "
@@ -232,7 +250,7 @@ def _one_to_many_rules(out: dict[str, Any], dense: dict[str, Any], inp: dict[str
         if vocab and _int(units) and units != vocab:
             found.append(f"output.dense.units: must equal input.vocab_size = {vocab} (the argmax of the head "
                          f"is the next token), got {units}")
-        if dense.get("activation", "none") != "softmax":
+        if dense.get("activation", "none") in _ACTIVATIONS and dense.get("activation", "none") != "softmax":
             found.append(f"output.dense.activation: must be softmax for token generation, got "
                          f"{dense.get('activation', 'none')!r}")
     elif inp.get("type") == "features":
@@ -270,7 +288,8 @@ def load_spec(path: str | Path) -> ModelSpec:
 
 def _describe(error: dict[str, Any], data: dict[str, Any]) -> str:
     """One line for one pydantic error: `field.path: what is wrong, got what`."""
-    loc = [str(p) for p in error["loc"]]
+    # a key that would break the line or vanish in it (a newline, an empty key) is shown quoted
+    loc = [str(p) if str(p).isprintable() and str(p).strip() == str(p) != "" else repr(str(p)) for p in error["loc"]]
     # a discriminated union puts the tag in the path (input.tokens.vocab_size): drop it
     if len(loc) >= 2 and loc[0] == "input" and loc[1] in ("tokens", "features"):
         del loc[1]
@@ -315,4 +334,6 @@ def _get(data: Any, loc: list[str]) -> Any:
 def _show(value: Any) -> str:
     text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
     text = text.removesuffix("\n...").removesuffix("...").strip()
+    if "\n" in text:  # a string with a newline inside a list or mapping, bytes (!!binary): one line
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -4,7 +4,10 @@ A `Manifest` is built once per compile and changed only by copying (`with_backen
 pipeline, `verify` and the bench all see the same validated shape. Format history:
 - 1: the first landing;
 - 2: each backend records the `precision` it ran (`fp32` unless the spec's dtype says otherwise),
-  the key that per-precision backends (`tvm:int8`, `openvino:bf16`) build on.
+  the key that per-precision backends (`tvm:int8`, `openvino:bf16`) build on;
+- 3: `files`, the SHA-256 and size of every file compile wrote, checked before anything in DIR is
+  loaded (`records.digests`); a DIR of an older format has none (`files` is null) and is loaded
+  as it is.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pydantic.dataclasses import dataclass
 from rnnc.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT = 2
+FORMAT = 3
 PRECISIONS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 Status = Literal["ok", "failed", "skipped"]
 Dim = Union[int, str]  # a fixed size, or a symbolic axis such as "batch" or "seq"
@@ -106,8 +109,15 @@ class BackendRecord(_Record):
         return BackendRecord.model_validate({**self.model_dump(), **changes})
 
 
+class FileDigest(_Record):
+    """One file of DIR as compile wrote it."""
+
+    sha256: str
+    bytes: int
+
+
 class Manifest(_Record):
-    format: Literal[2] = FORMAT
+    format: Literal[3] = FORMAT
     name: str
     spec: Optional[dict[str, Any]]
     source: dict[str, Any]
@@ -119,6 +129,7 @@ class Manifest(_Record):
     dtype: str
     state: dict[str, str] = {}  # state input -> the output that is its next value (SPEC section 2)
     backends: dict[str, BackendRecord] = {}
+    files: Optional[dict[str, FileDigest]] = None  # path relative to DIR -> digest; None before format 3
 
     @property
     def precision(self) -> str:
@@ -141,7 +152,11 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "format": 2, "backends": backends}
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "format": 3, "files": None}
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def read_manifest(directory: Path) -> Manifest:

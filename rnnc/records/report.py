@@ -259,12 +259,16 @@ def write_atomic(path: Path, report: dict[str, Any]) -> None:
     """Write through a temporary file and a rename, so a killed run never leaves half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: the previous report stays, no stray half-file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _first(err: ValidationError) -> str:

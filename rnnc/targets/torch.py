@@ -1,6 +1,7 @@
 """PyTorch eager: the reference implementation, run from the module the spec describes."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ def runnable(target: str) -> str | None:
 def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], precision: str) -> list[str]:
     if model.torch_module is None:
         raise Unsupported("no eager PyTorch module: the model came as a file, not as a spec")
-    torch.save(model.torch_module.state_dict(), out_dir / ARTIFACT)
+    buffer = io.BytesIO()  # written by Python, whose full disk is an OSError, not torch's zip writer's abort
+    torch.save(model.torch_module.state_dict(), buffer)
+    (out_dir / ARTIFACT).write_bytes(buffer.getvalue())
     return [ARTIFACT]
 
 

@@ -12,7 +12,10 @@ the CPU to build for, e.g. "x86-64", in place of this machine's), `generation` (
 default on CPU: a generative spec model's steps all in one PrimFunc, `rnnc.compiler.tvm.fused`;
 "loop": its ONNX Loop as a recursive Relax function, as on CUDA and for imported models; tvm.json
 records which as "generation"), `int8_path` ("auto", the default: VNNI where the target's LLVM
-features have avx512vnni, else the fallback; "vnni" or "fallback" to force one).
+features have avx512vnni, else the fallback; "vnni" or "fallback" to force one), `bf16_path`
+("auto", the default: AMX tiles where this host's CPU flags have amx_tile and amx_bf16 and Linux
+grants the tile permission, from the batch `amx.crossover` measured faster, else widened; "amx":
+the AMX body at every batch; "widened": never AMX; tvm.json records which, and why not AMX).
 
 Precisions (`PRECISIONS`): fp32; bf16 and int8 store the recurrent layers' W and R below float32
 (`rnnc.compiler.tvm.quant`: bf16 widened in the inner loop; int8 with a scale per gate row, on
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.compiler.tvm import fused, lower, tune
+from rnnc.compiler.tvm import amx, fused, lower, tune
 from rnnc.compiler.tvm import target as host
 from rnnc.errors import Unsupported, UserError
 from rnnc.graphs.model import Model
@@ -49,6 +52,7 @@ LIBRARY = "tvm/model.so"
 RECORD = "tvm/tvm.json"
 FORMAT = 1
 INT8_PATHS = ("auto", "vnni", "fallback")
+BF16_PATHS = ("auto", "amx", "widened")
 SCALES = {"bf16": "none (bf16 keeps float32's exponent)",
           "int8": "weights: one scale per gate row (packed column) of W and of R; activations (VNNI): one "
                   "scale per row of X per call, per row of H per step, zero point 128"}
@@ -102,14 +106,22 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], pre
     started = time.perf_counter()
     quantized = _precision_record(precision, tvm_target, options)
     vnni = quantized.get("isa_path") == "vnni"
+    amx_mode = quantized.get("amx", {}).get("mode")
+    if amx_mode:  # the LLVM CPU name may lack AMX's features where the host has them (a VM)
+        tvm_target = amx.target_with_amx(tvm_target)
     generation = _generation(model, target, options, precision)
     if generation in ("fused", "fused-stream"):  # the search times the graph's kernels, not the generation kernel: none
         tuning, tune_record = tune.choose(model, target, tvm_target, {k: v for k, v in options.items()
                                                                       if k not in ("tune_s", "tune")})
         lowered = fused.fused_module(model, tuning)
     else:
-        tuning, tune_record = tune.choose(model, target, tvm_target, options, precision, vnni)
-        lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning, precision=precision, vnni=vnni)
+        with amx.building(amx_mode):
+            tuning, tune_record = tune.choose(model, target, tvm_target, options, precision, vnni)
+            lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning, precision=precision,
+                                  vnni=vnni)
+        if amx_mode and not any(layer.get("precision") == "bf16" and amx.eligible(_spec_of(layer))
+                                for layer in lowered.layers):
+            quantized["amx"]["note"] = "no layer takes the AMX body (GRU with r before R, sequence_lens)"
     executable = tvm.compile(lowered.module, tvm.target.Target(tvm_target))
     library = out_dir / library_path
     executable.export_library(str(library))
@@ -142,9 +154,7 @@ def _precision_record(precision: str, tvm_target: dict[str, Any], options: dict[
     if precision == "fp32":
         return {}
     if precision == "bf16":
-        return {"isa_path": "widened", "scales": SCALES["bf16"],
-                "note": "bf16 weights widened to float32 by a shift in the inner loop, FMA in float32 "
-                        "(needs no avx512_bf16)"}
+        return _bf16_record(tvm_target, options)
     how = options.get("int8_path", "auto")
     if how not in INT8_PATHS:
         raise UserError(f"tvm option int8_path={how!r}: expected one of {', '.join(INT8_PATHS)}")
@@ -158,6 +168,41 @@ def _precision_record(precision: str, tvm_target: dict[str, Any], options: dict[
            f"the target ({tvm_target.get('mcpu', 'generic')}) has no AVX512-VNNI")
     return {"isa_path": "fallback", "scales": "weights: one scale per gate row (packed column) of W and of R",
             "fallback": f"int8 weights widened to float32 in the inner loop against float32 activations: {why}"}
+
+
+def _bf16_record(tvm_target: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """bf16's path: AMX tiles (`amx`) where the host has them, the build is for this host and Linux
+    grants the tile permission, else widened; "amx" in isa_path, and under "amx" the mode (auto: from
+    `amx.crossover`'s batch; amx: every batch) or, for widened, why not."""
+    how = options.get("bf16_path", "auto")
+    if how not in BF16_PATHS:
+        raise UserError(f"tvm option bf16_path={how!r}: expected one of {', '.join(BF16_PATHS)}")
+    widened = {"isa_path": "widened", "scales": SCALES["bf16"],
+               "note": "bf16 weights widened to float32 by a shift in the inner loop, FMA in float32 "
+                       "(needs no avx512_bf16)"}
+    if how == "widened":
+        return {**widened, "amx": {"mode": None, "why_not": "forced by option bf16_path=widened"}}
+    why = (f"the library is built for another CPU (option mcpu={options['mcpu']})" if options.get("mcpu")
+           else host.amx_reason() or amx.request_permission())
+    if why:
+        if how == "amx":
+            raise Unsupported(f"tvm option bf16_path=amx: {why}")
+        return {**widened, "amx": {"mode": None, "why_not": why}}
+    return {"isa_path": "amx", "scales": SCALES["bf16"],
+            "note": "bf16 products on AMX tiles (tdpbf16ps): X rows and H per step rounded to bf16, fp32 "
+                    "accumulation, float32 state and gates; below the crossover batch the widened kernel",
+            "amx": {"mode": how, "permission": "granted (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA)",
+                    "from_batch": "every batch" if how == "amx" else
+                    f"1 for steps of >= SERIAL_BELOW multiply-adds per row, else {amx.SMALL_FROM} (measured)"}}
+
+
+def _spec_of(layer: dict[str, Any]) -> Any:
+    """The LayerSpec of a lowered layer's record."""
+    import dataclasses
+
+    from rnnc.compiler.tvm.spec import LayerSpec
+
+    return LayerSpec(**{f.name: layer[f.name] for f in dataclasses.fields(LayerSpec) if f.name in layer})
 
 
 def _generation(model: Model, target: str, options: dict[str, Any], precision: str = "fp32") -> str | None:
@@ -204,6 +249,9 @@ def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None, pr
     if record["target"] != target:
         raise UserError(f"the TVM library in {out_dir} was built for {record['target']}, not {target}")
     host.check_host(record["host"])
+    if record.get("isa_path") == "amx" and (why := amx.request_permission()):  # else SIGILL in the first tile
+        raise UserError(f"{out_dir / record_path}: the library runs bf16 on AMX tiles, but {why}; rebuild it "
+                        "with tvm option bf16_path=widened (or here: the build itself falls back where it is refused)")
     if target == "cuda" and (reason := host.cuda_device_reason()):
         raise UserError(f"cannot run the CUDA library here: {reason}")
     host.configure_threads(threads)

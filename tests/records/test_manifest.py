@@ -19,7 +19,8 @@ V1_DIR = Path(__file__).resolve().parent.parent / "data" / "v1" / "tiny-gru-cpu"
 def test_a_format_1_manifest_loads_upgraded():
     manifest = read_manifest(V1_DIR)
     assert json.loads((V1_DIR / "manifest.json").read_text())["format"] == 1
-    assert manifest.format == FORMAT == 2
+    assert manifest.format == FORMAT == 3
+    assert manifest.files is None  # no digests recorded before format 3: loaded as it is
     assert set(manifest.backends) == {"torch", "torchscript", "onnxruntime", "tvm"}
     assert {b.precision for b in manifest.backends.values()} == {"fp32"}
     assert manifest.io.inputs[0].name == "tokens" and manifest.io.inputs[0].high == 50

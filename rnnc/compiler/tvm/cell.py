@@ -8,6 +8,7 @@ Eigen/TVM's fast_tanh (float32 error ~1e-7; 1.4-2x faster than `T.tanh` here), s
 """
 from __future__ import annotations
 
+from rnnc.compiler.tvm import quant
 from rnnc.compiler.tvm.emit import Emitter, f32
 from rnnc.compiler.tvm.spec import LayerSpec, y_index
 
@@ -114,6 +115,8 @@ def _update(spec: LayerSpec, b: str, phase: str, tt: str) -> list[str]:
     else:
         body += act(0, "v[7, l]", clip(pre[0]))
     body.append(f"Hs[1 - cur, d, {b}, jo * 16 + l] = v[7, l]")
+    if spec.amx_from:  # the AMX body's next products read H in bf16 (`amx`)
+        body.append(f"Hb[1 - cur, d, {b}, jo * 16 + l] = {quant.bf16('v[7, l]')}")
     return body
 
 

@@ -30,11 +30,12 @@ accumulators are "global"-scope buffers under 1 KiB, one per row (see `gemm`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+import dataclasses
 from contextlib import contextmanager
 
 import numpy as np
 
-from rnnc.compiler.tvm import cell, quant
+from rnnc.compiler.tvm import amx, cell, quant
 from rnnc.compiler.tvm.emit import Emitter, prim_func
 from rnnc.compiler.tvm.gemm import accumulate, gemm
 from rnnc.compiler.tvm.spec import (ACTIVATIONS, LANES, SERIAL_BELOW, LayerSpec, check, signature,
@@ -62,6 +63,7 @@ def pack(spec: LayerSpec, w: np.ndarray, r: np.ndarray, b: np.ndarray | None,
     Bias -> [D, G*Hp] folded (Wb + Rb, except GRU's recurrent bias of the new gate, which is applied
     inside r * (...) and goes to Rbn [D, Hp]), P -> [D, 3, Hp], zero-padded.
     """
+    spec = amx.resolve(spec)
     d_, g_, h_, hp = len(spec.directions), spec.gates, spec.hidden, spec.hp
     if b is None:
         b = np.zeros((d_, 2 * g_ * h_))
@@ -92,7 +94,10 @@ def pack(spec: LayerSpec, w: np.ndarray, r: np.ndarray, b: np.ndarray | None,
     if p is not None:
         arrays["P"] = np.zeros((d_, 3, hp))
         arrays["P"][:, :, :h_] = np.asarray(p, np.float64).reshape(d_, 3, h_)
-    return quant.pack(spec, arrays)
+    packed = quant.pack(spec, arrays)
+    if spec.precision == "bf16" and spec.amx_from:  # AMX's own layout beside the widened kernel's
+        packed.update(amx.pack(spec, arrays))
+    return packed
 
 
 def _packed_columns(spec: LayerSpec) -> np.ndarray:
@@ -119,12 +124,15 @@ def layer_primfunc(spec: LayerSpec, name: str = "main"):
 
 
 def layer_source(spec: LayerSpec, name: str = "main") -> str:
-    """TVMScript of one layer; its parameters are `signature(spec, "llvm")`."""
+    """TVMScript of one layer; its parameters are `signature(spec, "llvm")`. A layer with an AMX
+    body (`amx`) runs it from `spec.amx_from` rows of batch on, this kernel's body below."""
+    spec = amx.resolve(spec)
     check(spec)
     g_, hp, d_ = spec.gates, spec.hp, len(spec.directions)
     e = Emitter()
     with prim_func(e, name, signature(spec, "llvm"), ("batch", "seq")):
-        e.line(f'XP = T.alloc_buffer(({d_}, seq * batch, {g_ * hp}), "float32")')
+        spare = " + 32" if spec.amx_from else ""  # the AMX projection's tiles of 32 rows
+        e.line(f'XP = T.alloc_buffer(({d_}, seq * batch{spare}, {g_ * hp}), "float32")')
         e.line(f'Hs = T.alloc_buffer((2, {d_}, batch, {hp}), "float32")')
         if spec.cell == "lstm":
             e.line(f'Cs = T.alloc_buffer(({d_}, batch, {hp}), "float32")')
@@ -136,16 +144,56 @@ def layer_source(spec: LayerSpec, name: str = "main") -> str:
             e.line('Xsc = T.alloc_buffer((seq * batch,), "float32")')
             e.line(f'Hq = T.alloc_buffer(({d_}, batch, {hp}), "uint8")')
             e.line(f'Hsc = T.alloc_buffer(({d_}, batch), "float32")')
-        macs = g_ * hp * hp  # per batch row and step (the directions run one after the other)
-        below = SERIAL_BELOW if spec.serial_below < 0 else spec.serial_below
-        if macs >= below:
-            _body(e, spec, True)
-        else:  # small steps: a barrier per step costs more than a second core gains, below a size
-            with e.block(f"if batch * {macs} >= {below}:"):
-                _body(e, spec, True)
-            with e.block("else:"):
-                _body(e, spec, False)
+        if spec.amx_from:  # bf16 operands of the AMX products: X rows, and H per step (double-buffered)
+            e.line(f'Xb = T.alloc_buffer((seq * batch + 32, {spec.ip2}), "uint16")')
+            e.line(f'Hb = T.alloc_buffer((2, {d_}, batch, {spec.kp}), "uint16")')
+            if spec.amx_from == 1:  # every batch (no else branch: there batch would be 0, TVM divides by it)
+                _amx_body(e, spec)
+            else:
+                with e.block(f"if batch >= {spec.amx_from}:"):
+                    _amx_body(e, spec)
+                widened = dataclasses.replace(spec, amx_from=0)  # the kernel without AMX, below amx_from
+                with e.block("else:"):
+                    _bodies(e, widened)
+        else:
+            _bodies(e, spec)
     return e.text()
+
+
+def _bodies(e: Emitter, spec: LayerSpec) -> None:
+    """The parallel body, or where steps can be small, it and the serial one, chosen per call."""
+    macs = spec.gates * spec.hp * spec.hp  # per batch row and step (the directions run one after the other)
+    below = SERIAL_BELOW if spec.serial_below < 0 else spec.serial_below
+    if macs >= below:
+        _body(e, spec, True)
+    else:  # small steps: a barrier per step costs more than a second core gains, below a size
+        with e.block(f"if batch * {macs} >= {below}:"):
+            _body(e, spec, True)
+        with e.block("else:"):
+            _body(e, spec, False)
+
+
+def _amx_body(e: Emitter, spec: LayerSpec) -> None:
+    """`_body` on AMX tiles (`amx`): X to bf16, the projection, initial state (H also to bf16,
+    zeros past Hp), the steps, the final state; always parallel (its steps are large ones)."""
+    with e.block(_REGION):
+        with e.block(_barrier("_xround")):
+            amx.round_x(e, spec, _xrow(spec))
+        with e.block(_barrier("_gemm")):
+            amx.projection(e, spec)
+        with e.block(_barrier("_init")), _per_row(e, spec, "T.parallel"):
+            with e.block(f"for j in T.serial({spec.kp}):"):
+                e.line(f"h0: T.let[T.float32] = {_initial('H0', spec.initial_h, spec.hidden)}")
+                with e.block(f"if j < {spec.hp}:"):
+                    e.line("Hs[0, d, b, j] = h0")
+                    if spec.cell == "lstm":
+                        e.line(f"Cs[d, b, j] = {_initial('C0', spec.initial_c, spec.hidden)}")
+                e.line(f"Hb[0, d, b, j] = {amx.bf16('h0')}")
+                e.line("Hb[1, d, b, j] = T.uint16(0)")
+        with e.block(f"for d in T.serial({len(spec.directions)}):"), e.block("for t in T.serial(seq):"):
+            with e.block(_barrier("_step")):
+                amx.step_items(e, spec, "T.parallel")
+        _final(e, spec, "T.parallel")
 
 
 def _body(e: Emitter, spec: LayerSpec, parallel: bool) -> None:
@@ -182,12 +230,17 @@ def _body(e: Emitter, spec: LayerSpec, parallel: bool) -> None:
                         _quantize_h(e, spec, loop, "RH[d, b, {k}]")
                 with e.block(_barrier("_step2") if parallel else "for _step2 in T.serial(1):"):
                     _step_items(e, spec, loop, bt, "n")
-        if spec.yh_layout or spec.yc_layout:
-            with _per_row(e, spec, loop), e.block(f"for j in T.serial({spec.hidden}):"):
-                if spec.yh_layout:
-                    e.line(f"Yh[{state_index(spec.yh_layout, spec, 'b', 'j')}] = Hs[seq % 2, d, b, j]")
-                if spec.yc_layout:
-                    e.line(f"Yc[{state_index(spec.yc_layout, spec, 'b', 'j')}] = Cs[d, b, j]")
+        _final(e, spec, loop)
+
+
+def _final(e: Emitter, spec: LayerSpec, loop: str) -> None:
+    """Y_h and Y_c from the state after the last step."""
+    if spec.yh_layout or spec.yc_layout:
+        with _per_row(e, spec, loop), e.block(f"for j in T.serial({spec.hidden}):"):
+            if spec.yh_layout:
+                e.line(f"Yh[{state_index(spec.yh_layout, spec, 'b', 'j')}] = Hs[seq % 2, d, b, j]")
+            if spec.yc_layout:
+                e.line(f"Yc[{state_index(spec.yc_layout, spec, 'b', 'j')}] = Cs[d, b, j]")
 
 
 @contextmanager

@@ -74,7 +74,7 @@ def pack(spec: LayerSpec, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
     if spec.precision == "fp32":
         return out
     if spec.precision == "bf16":
-        out["W"], out["R"] = to_bf16(w), to_bf16(r)
+        out["W"], out["R"] = to_bf16(w), to_bf16(r)  # with an AMX body, `kernels.pack` adds `amx.pack`'s
         return out
     d_, g_, hp = len(spec.directions), spec.gates, spec.hp
     wq, ws = _int8_columns(w, (2,))  # W [D, P, I, 16]: a scale per (panel, lane) = packed column
@@ -207,3 +207,10 @@ def quantize_row(e: Emitter, src: Callable[[str], str], n: int, padded: int, dst
     for k in range(n, padded):
         for out, _ in outs:
             e.line(f"{out(str(k))} = T.uint8({ZERO_POINT})")
+
+
+def bf16(value: str) -> str:
+    """float32 -> bf16 bits (uint16), rounded to nearest even, as `to_bf16`."""
+    bits = f'T.reinterpret("uint32", {value})'
+    return (f'T.Cast("uint16", T.shift_right({bits} + T.uint32(32767) + '
+            f'T.bitwise_and(T.shift_right({bits}, T.uint32(16)), T.uint32(1)), T.uint32(16)))')

@@ -7,6 +7,10 @@ that `tune.py` searches; its defaults are the defaults of every spec.
 """
 from __future__ import annotations
 
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rnnc.compiler.tvm.emit import Param
@@ -93,6 +97,7 @@ class LayerSpec:
     serial_below: int = -1  # multiply-adds per step under which steps run serially; -1: SERIAL_BELOW
     precision: str = "fp32"  # fp32 | bf16 | int8: how W and R are stored (`quant`); state and gates stay float32
     vnni: bool = False  # int8 only: products on AVX512-VNNI (vpdpbusd), else int8 widened to float32
+    amx_from: int = 0  # bf16 only: batch sizes from which a call runs the AMX body (`amx`); 0: never
 
     @property
     def gates(self) -> int:
@@ -120,6 +125,16 @@ class LayerSpec:
         """Input features padded to a multiple of 4 (VNNI's k-group); the input size otherwise."""
         return -(-self.input_size // 4) * 4 if self.vnni_int8 else self.input_size
 
+    @property
+    def kp(self) -> int:
+        """Hp padded to a multiple of 32: the K of the AMX recurrent products (bf16 pairs, 64 bytes)."""
+        return -(-self.hp // 32) * 32
+
+    @property
+    def ip2(self) -> int:
+        """Input features padded to a multiple of 32: the K of the AMX input projection."""
+        return -(-self.input_size // 32) * 32
+
     def gemm_panel(self) -> int:
         """Column blocks (16 wide) per GEMM register tile: the largest of 4..1 dividing G*Hp/16."""
         return panel(self.gates * self.hp // LANES)
@@ -134,7 +149,9 @@ def signature(spec: LayerSpec, target: str) -> tuple[Param, ...]:
     """The layer kernel's parameters in order: X, W, R, Bias, [Ws, Rs, [Wsum, Rsum]], [Rbn], [H0], [C0],
     [P], [Lens], then the outputs Y, Yh, Yc whose layout is set. The weights' shapes are the target's
     packing: 16-wide panels with H padded to Hp on the CPU (`kernels.pack`, `quant.pack` below
-    fp32), transposed on CUDA (`cuda.pack`)."""
+    fp32), transposed on CUDA (`cuda.pack`). A bf16 layer with an AMX body (`amx`, `spec.amx_from`,
+    also where a build's `amx.building` gives it one) takes Wa and Ra after Bias."""
+    spec = resolve(spec) if target == "llvm" else spec
     d, g, h, hp, i = len(spec.directions), spec.gates, spec.hidden, spec.hp, spec.input_size
     if spec.precision != "fp32" and target != "llvm":
         raise ValueError(f"{spec.precision} layer kernels are CPU (llvm) only")
@@ -158,6 +175,9 @@ def signature(spec: LayerSpec, target: str) -> tuple[Param, ...]:
         params += [Param("Ws", (d, g * hp)), Param("Rs", (d, g * hp))]
         if spec.vnni:
             params += [Param("Wsum", (d, g * hp), "int32"), Param("Rsum", (d, g * hp), "int32")]
+    if spec.amx_from:  # AMX's B operand: k in interleaved pairs, K padded to 32
+        params += [Param("Wa", (d, g * hp // LANES, spec.ip2 // 2, 32), "uint16"),
+                   Param("Ra", (d, hp // LANES, spec.kp // 2, g, 32), "uint16")]
     if spec.cell == "gru" and spec.linear_before_reset:  # the new gate's Rb, applied inside r * (R h + Rb)
         params.append(Param("Rbn", weights["Rbn"]))
     if spec.initial_h:
@@ -210,3 +230,51 @@ def check(spec: LayerSpec) -> None:
     assert all(a in ACTIVATIONS for a in spec.acts)
     assert spec.batch_tile >= 1 and spec.gemm_rows >= 1
     assert spec.precision in PRECISIONS, spec.precision
+    assert spec.amx_from >= 0 and (not spec.amx_from or spec.precision == "bf16"), spec.amx_from
+
+
+# ---------------------------------------------------------------------------------------------
+# the AMX body's choice (`amx`): here, since signature() needs it and amx imports the cell code
+
+# Where the AMX body wins, measured on the 2-core Sapphire Rapids VM (one LSTM layer, I = H, T 25,
+# 2 threads, medians of 15 interleaved calls, ms, widened vs AMX): H1024 b1 5.07 vs 4.77, b4 8.33 vs
+# 5.44, b16 27.8 vs 9.24; H512 b1 0.80 vs 0.45, b4 1.86 vs 0.78, b16 6.44 vs 2.03; H256 b1 0.19 vs
+# 0.14; but H64 b1 0.028 vs 0.038 (its steps are serial in the widened kernel, the AMX body has a
+# barrier per step), b4 0.084 vs 0.069. So: every batch where a step is large (the widened kernel
+# runs it in parallel even at batch 1, SERIAL_BELOW), else from batch 4.
+SMALL_FROM = 4
+# the AMX choice in force while a model is lowered (`building`): "auto" (by `crossover`), "amx"
+# (every batch), None (no AMX body)
+_BUILDING: contextvars.ContextVar[str | None] = contextvars.ContextVar("rnnc_tvm_amx", default=None)
+
+
+@contextmanager
+def building(mode: str | None) -> Iterator[None]:
+    """While lowering a model: bf16 layers that can run on AMX get an AMX body from `crossover`'s
+    batch ("auto"), from batch 1 ("amx"), or none (None)."""
+    assert mode in (None, "auto", "amx"), mode
+    token = _BUILDING.set(mode)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def resolve(spec: LayerSpec) -> LayerSpec:
+    """`spec` with the AMX crossover in force (`building`) where its layer can take the AMX body."""
+    mode = _BUILDING.get()
+    if mode is None or spec.amx_from or not eligible(spec):
+        return spec
+    return dataclasses.replace(spec, amx_from=1 if mode == "amx" else crossover(spec))
+
+
+def crossover(spec: LayerSpec) -> int:
+    """The batch from which the AMX body is faster (measured, see SMALL_FROM)."""
+    below = SERIAL_BELOW if spec.serial_below < 0 else spec.serial_below
+    return 1 if spec.gates * spec.hp * spec.hp >= below else SMALL_FROM
+
+
+def eligible(spec: LayerSpec) -> bool:
+    """bf16 with one product per step into XP: not GRU's r-before-R (two phases), nor sequence_lens
+    (each row its own step: the tiles' rows would not be one step's rows of XP)."""
+    return spec.precision == "bf16" and not (spec.cell == "gru" and not spec.linear_before_reset) and not spec.seq_lens

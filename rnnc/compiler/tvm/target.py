@@ -16,7 +16,9 @@ from rnnc.errors import UserError
 
 # ISA extensions that change what code LLVM emits; the others do not matter for a refusal
 _ISA = ("sse4.2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl",
-        "avx512cd", "avx512vnni", "avx512bf16", "avx512fp16", "avx512vbmi", "avx512ifma")
+        "avx512cd", "avx512vnni", "avx512bf16", "avx512fp16", "avx512vbmi", "avx512ifma",
+        "amx-tile", "amx-bf16", "amx-int8")
+AMX = ("amxtile", "amxbf16")  # the host flags (normalised) the bf16 AMX kernels need
 
 
 def cpu_count() -> int:
@@ -75,7 +77,22 @@ def cpu_flags() -> set[str] | None:
 
 
 def _norm(flag: str) -> str:
-    return flag.lower().replace("_", "").replace(".", "")
+    return flag.lower().replace("_", "").replace(".", "").replace("-", "")
+
+
+def amx_reason() -> str | None:
+    """None where this host's CPU flags have AMX tiles with bf16 (Sapphire Rapids on), else why not.
+
+    Asked of the CPU flags, not of LLVM's features for the CPU it names: in a VM LLVM may name an
+    older model (rocketlake here, on Sapphire Rapids) whose features lack AMX; the build then adds
+    the AMX features to the target itself (`amx.target_with_amx`)."""
+    flags = cpu_flags()
+    if flags is None:
+        return "the CPU flags are unknown here (no /proc/cpuinfo)"
+    missing = [f for f in AMX if f not in flags]
+    if missing:
+        return f"this CPU ({cpu_model()}) has no {', '.join(missing)}"
+    return None
 
 
 def host_target() -> dict[str, Any]:
