@@ -16,6 +16,7 @@ from rnnc.compiler.tvm.spec import LayerSpec, signature
 from rnnc.compiler.tvm.target import amx_reason, configure_threads, cpu_count, host_target
 from rnnc.verify import tolerance
 from tests.compiler.test_tvm_kernels import _inputs, call, in_layouts, onnx_reference
+from tests.compiler.test_tvm_quant import layer_errors
 
 pytestmark = pytest.mark.tvm
 
@@ -46,12 +47,7 @@ def _compile(func):
 @pytest.mark.parametrize("cell,I,H,dirs,extra,T,batch", CASES)
 def test_amx_layer_matches_float64(cell, I, H, dirs, extra, T, batch):
     spec = LayerSpec(cell, I, H, dirs, precision="bf16", amx_from=1, **extra)
-    X, W, R, B, h0, c0, P, lens = _inputs(spec, T, batch, np.random.default_rng(1))
-    values = {"X": X.transpose(1, 0, 2) if spec.x_layout == "bti" else X, "H0": h0, "C0": c0,
-              **kernels.pack(spec, W, R, B, P)}
-    got = call(_compile(kernels.layer_primfunc(spec)), spec, "llvm", values, T, batch)
-    want = in_layouts(spec, *onnx_reference(spec, X, W, R, B, h0, c0, P, lens))
-    errors = [float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want)]
+    errors = layer_errors(spec, T, batch, _compile)
     print(f"amx {cell} {dirs} batch {batch}: {['%.2e' % e for e in errors]}")
     assert 1e-5 < max(errors) < BOUND, errors
 

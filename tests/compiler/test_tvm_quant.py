@@ -37,16 +37,21 @@ CASES = [  # cell, I, H (not a multiple of 16 in most), directions, extra, T, ba
 ]
 
 
+def layer_errors(spec: LayerSpec, T: int, batch: int, build) -> list[float]:
+    """Normwise error of each output of the layer kernel `build` compiles, against ONNX's float64."""
+    X, W, R, B, h0, c0, P, lens = _inputs(spec, T, batch, np.random.default_rng(1))
+    values = {"X": X.transpose(1, 0, 2) if spec.x_layout == "bti" else X, "H0": h0, "C0": c0,
+              **kernels.pack(spec, W, R, B, P)}
+    got = call(build(kernels.layer_primfunc(spec)), spec, "llvm", values, T, batch)
+    want = in_layouts(spec, *onnx_reference(spec, X, W, R, B, h0, c0, P, lens))
+    return [float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want)]
+
+
 @pytest.mark.parametrize("precision,vnni", PATHS)
 @pytest.mark.parametrize("cell,I,H,dirs,extra,T,batch", CASES)
 def test_layer_below_fp32_matches_float64(precision, vnni, cell, I, H, dirs, extra, T, batch):
     spec = LayerSpec(cell, I, H, dirs, precision=precision, vnni=vnni, batch_tile=2, gemm_rows=4, **extra)
-    X, W, R, B, h0, c0, P, lens = _inputs(spec, T, batch, np.random.default_rng(1))
-    values = {"X": X.transpose(1, 0, 2) if spec.x_layout == "bti" else X, "H0": h0, "C0": c0,
-              **kernels.pack(spec, W, R, B, P)}
-    got = call(_compile(kernels.layer_primfunc(spec)), spec, "llvm", values, T, batch)
-    want = in_layouts(spec, *onnx_reference(spec, X, W, R, B, h0, c0, P, lens))
-    errors = [float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want)]
+    errors = layer_errors(spec, T, batch, _compile)
     print(f"{precision}{' vnni' if vnni else ''} {cell} {dirs}: {['%.2e' % e for e in errors]}")
     assert max(errors) < BOUND[precision], errors
     assert max(errors) > 1e-5  # the weights really are below float32
