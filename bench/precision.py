@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = out / f"{name}.yaml"
         spec.write_text(yaml.safe_dump(MODELS[name], sort_keys=False))
         report = api.bench(spec, "cpu", BACKENDS, out_dir=out / name, render_report=False)
-        if "roof" in report.get("environment", {}):
+        if "roof" in report.get("environment", {}) and not any(x.startswith("roof:") for x in lines):
             lines.insert(2, f"roof: {report['environment']['roof']}\n")
         lines += table(name, report)
         print("\n".join(table(name, report)), flush=True)

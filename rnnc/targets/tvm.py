@@ -11,8 +11,10 @@ are cached on disk, see `rnnc.compiler.tvm.tune`), `tune_cache` (a directory for
 the CPU to build for, e.g. "x86-64", in place of this machine's), `generation` ("fused", the
 default on CPU: a generative spec model's steps all in one PrimFunc, `rnnc.compiler.tvm.fused`;
 "loop": its ONNX Loop as a recursive Relax function, as on CUDA and for imported models; tvm.json
-records which as "generation"), `int8_path` ("auto", the default: VNNI where the target's LLVM
-features have avx512vnni, else the fallback; "vnni" or "fallback" to force one), `bf16_path`
+records which as "generation"), `int8_path` ("auto", the default: AMX tiles (tdpbusd) where the
+host's CPU flags have amx_tile and amx_int8, Linux grants the tile permission and the target has
+avx512vnni, else VNNI where the target's LLVM features have avx512vnni, else the fallback; "amx",
+"vnni" or "fallback" to force one), `bf16_path`
 ("auto", the default: AMX tiles where this host's CPU flags have amx_tile and amx_bf16 and Linux
 grants the tile permission, from the batch `amx.crossover` measured faster, else widened; "amx":
 the AMX body at every batch; "widened": never AMX; tvm.json records which, and why not AMX).
@@ -51,7 +53,7 @@ ZERO_COPY_BYTES = 1 << 16  # inputs at least this big are bound once (zero-copy 
 LIBRARY = "tvm/model.so"
 RECORD = "tvm/tvm.json"
 FORMAT = 1
-INT8_PATHS = ("auto", "vnni", "fallback")
+INT8_PATHS = ("auto", "amx", "vnni", "fallback")
 BF16_PATHS = ("auto", "amx", "widened")
 SCALES = {"bf16": "none (bf16 keeps float32's exponent)",
           "int8": "weights: one scale per gate row (packed column) of W and of R; activations (VNNI): one "
@@ -105,7 +107,7 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], pre
         raise Unsupported(f"tvm:{precision} is CPU only: the CUDA layer kernels are float32")
     started = time.perf_counter()
     quantized = _precision_record(precision, tvm_target, options)
-    vnni = quantized.get("isa_path") == "vnni"
+    vnni = precision == "int8" and quantized.get("isa_path") in ("vnni", "amx")  # AMX's int8 reads VNNI's packing
     amx_mode = quantized.get("amx", {}).get("mode")
     if amx_mode:  # the LLVM CPU name may lack AMX's features where the host has them (a VM)
         tvm_target = amx.target_with_amx(tvm_target)
@@ -119,7 +121,7 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], pre
             tuning, tune_record = tune.choose(model, target, tvm_target, options, precision, vnni)
             lowered = lower.lower(model.onnx, "cuda" if target == "cuda" else "llvm", tuning, precision=precision,
                                   vnni=vnni)
-        if amx_mode and not any(layer.get("precision") == "bf16" and amx.eligible(_spec_of(layer))
+        if amx_mode and not any(layer.get("precision") == precision and amx.eligible(_spec_of(layer))
                                 for layer in lowered.layers):
             quantized["amx"]["note"] = "no layer takes the AMX body (GRU with r before R, sequence_lens)"
     executable = tvm.compile(lowered.module, tvm.target.Target(tvm_target))
@@ -148,9 +150,10 @@ def build(model: Model, out_dir: Path, target: str, options: dict[str, Any], pre
 def _precision_record(precision: str, tvm_target: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """What tvm.json says about the weights' precision: the ISA path and the scales; {} for fp32.
 
-    int8 takes VNNI where the LLVM features of the target being built for have avx512vnni (what the
-    library's code needs; `check_host` refuses it on a CPU without), else the widened fallback
-    with the sentence saying why; option int8_path forces either."""
+    int8 takes AMX tiles where VNNI is there too and the host can run them (as bf16's, below), else
+    VNNI where the LLVM features of the target being built for have avx512vnni (what the library's
+    code needs; `check_host` refuses it on a CPU without), else the widened fallback with the
+    sentence saying why; option int8_path forces one."""
     if precision == "fp32":
         return {}
     if precision == "bf16":
@@ -159,11 +162,26 @@ def _precision_record(precision: str, tvm_target: dict[str, Any], options: dict[
     if how not in INT8_PATHS:
         raise UserError(f"tvm option int8_path={how!r}: expected one of {', '.join(INT8_PATHS)}")
     has = "avx512vnni" in host.llvm_features(tvm_target)
-    if how == "vnni" and not has:
-        raise Unsupported(f"tvm option int8_path=vnni: the target ({tvm_target.get('mcpu', 'generic')}) has no "
+    if how in ("vnni", "amx") and not has:
+        raise Unsupported(f"tvm option int8_path={how}: the target ({tvm_target.get('mcpu', 'generic')}) has no "
                           "AVX512-VNNI")
+    if how in ("amx", "auto") and has:
+        why = (f"the library is built for another CPU (option mcpu={options['mcpu']})" if options.get("mcpu")
+               else host.amx_reason("int8") or amx.request_permission())
+        if not why:
+            return {"isa_path": "amx", "scales": SCALES["int8"],
+                    "note": "int8 products on AMX tiles (tdpbusd, u8 x s8 -> s32): the input projection at every "
+                            "batch, a step's products from the crossover batch (VNNI's below it)",
+                    "amx": {"mode": how, "permission": "granted (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA)",
+                            "from_batch": "every batch" if how == "amx" else
+                            f"projection: every batch; steps: from {amx.INT8_STEPS_FROM} where they are large, "
+                            f"else the whole body from {amx.SMALL_FROM} (measured)"}}
+        if how == "amx":
+            raise Unsupported(f"tvm option int8_path=amx: {why}")
+        return {"isa_path": "vnni", "scales": SCALES["int8"], "amx": {"mode": None, "why_not": why}}
     if how == "vnni" or (how == "auto" and has):
-        return {"isa_path": "vnni", "scales": SCALES["int8"]}
+        return {"isa_path": "vnni", "scales": SCALES["int8"],
+                **({"amx": {"mode": None, "why_not": "forced by option int8_path=vnni"}} if how == "vnni" else {})}
     why = ("forced by option int8_path=fallback" if how == "fallback" else
            f"the target ({tvm_target.get('mcpu', 'generic')}) has no AVX512-VNNI")
     return {"isa_path": "fallback", "scales": "weights: one scale per gate row (packed column) of W and of R",
@@ -250,8 +268,9 @@ def load(out_dir: Path, manifest: Manifest, target: str, threads: int | None, pr
         raise UserError(f"the TVM library in {out_dir} was built for {record['target']}, not {target}")
     host.check_host(record["host"])
     if record.get("isa_path") == "amx" and (why := amx.request_permission()):  # else SIGILL in the first tile
-        raise UserError(f"{out_dir / record_path}: the library runs bf16 on AMX tiles, but {why}; rebuild it "
-                        "with tvm option bf16_path=widened (or here: the build itself falls back where it is refused)")
+        option = "int8_path=vnni" if precision == "int8" else "bf16_path=widened"
+        raise UserError(f"{out_dir / record_path}: the library runs {precision} on AMX tiles, but {why}; rebuild it "
+                        f"with tvm option {option} (or here: the build itself falls back where it is refused)")
     if target == "cuda" and (reason := host.cuda_device_reason()):
         raise UserError(f"cannot run the CUDA library here: {reason}")
     host.configure_threads(threads)

@@ -1,4 +1,4 @@
-"""bf16 layer kernels on AMX tiles (`amx`) against float64, the widened fallback on request, and
+"""bf16 and int8 layer kernels on AMX tiles (`amx`) against float64, the fallbacks on request, and
 what tvm.json records.
 
 The AMX path rounds X and H to bf16 as well as W and R, so its error is about 1.5x the widened
@@ -6,6 +6,7 @@ kernel's (measured here 2-7e-3 against 2-5e-3); the bound is the verify toleranc
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.tvm
 
 NO_AMX = amx_reason() or amx.request_permission()
 needs_amx = pytest.mark.skipif(bool(NO_AMX), reason=f"no AMX here: {NO_AMX}")
+NO_AMX_INT8 = amx_reason("int8") or amx.request_permission()
+needs_amx_int8 = pytest.mark.skipif(bool(NO_AMX_INT8), reason=f"no AMX int8 here: {NO_AMX_INT8}")
 BOUND = tolerance("float32", "bf16")
 
 CASES = [  # cell, I, H, directions, extra, T, batch (partial 16-row tiles, K not a multiple of 32)
@@ -130,3 +133,63 @@ def test_amx_forced_without_it_is_refused(tmp_path):
 
     with pytest.raises(Unsupported, match="bf16_path=amx"):
         backend.build(_spec(), tmp_path, "cpu", {"mcpu": "x86-64", "bf16_path": "amx", "tuning": SMALL}, "bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 on tdpbusd: the VNNI packing as AMX's B operand, the same integer sums as VNNI's
+
+
+INT8_CASES = CASES + [("lstm", 130, 70, ("forward",), dict(), 3, 33),  # K past 64, two row tiles
+                      ("rnn", 8, 17, ("forward",), dict(initial_h=True, activations=("Relu",)), 5, 3)]
+
+
+@needs_amx_int8
+@pytest.mark.parametrize("cell,I,H,dirs,extra,T,batch", INT8_CASES)
+def test_amx_int8_layer_is_vnnis_to_float32_rounding(cell, I, H, dirs, extra, T, batch):
+    """Integer sums are exact, so the AMX body (every batch) and the hybrid (AMX's projection, VNNI's
+    steps below amx_from) give VNNI's outputs up to float32 rounding, within int8's bound of float64."""
+    X, W, R, B, h0, c0, P, lens = _inputs(LayerSpec(cell, I, H, dirs, **extra), T, batch, np.random.default_rng(3))
+    outs = {}
+    for name, amx_from in (("vnni", 0), ("amx", 1), ("hybrid", batch + 1)):
+        spec = LayerSpec(cell, I, H, dirs, precision="int8", vnni=True, amx_from=amx_from, **extra)
+        if amx_from > 1 and not amx.projection_always(spec):
+            continue  # a small layer's body below amx_from is VNNI's own: the same as "vnni"
+        values = {"X": X.transpose(1, 0, 2) if spec.x_layout == "bti" else X, "H0": h0, "C0": c0,
+                  **kernels.pack(spec, W, R, B, P)}
+        outs[name] = call(_compile(kernels.layer_primfunc(spec)), spec, "llvm", values, T, batch)
+    want = in_layouts(spec, *onnx_reference(spec, X, W, R, B, h0, c0, P, lens))
+    for name, got in outs.items():
+        errors = [float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want)]
+        assert 1e-5 < max(errors) < tolerance("float32", "int8"), (name, errors)
+        for g, v in zip(got, outs["vnni"]):
+            assert np.allclose(g, v, rtol=1e-5, atol=1e-6), (name, float(np.abs(g - v).max()))
+
+
+def test_amx_int8_source_and_choice():
+    lstm = LayerSpec("lstm", 8, 256, precision="int8", vnni=True)
+    with amx.building("auto"):
+        assert amx.resolve(lstm).amx_from == amx.INT8_STEPS_FROM  # large steps: AMX's projection always
+        assert amx.resolve(LayerSpec("lstm", 8, 32, precision="int8", vnni=True)).amx_from == amx.SMALL_FROM
+        assert amx.resolve(LayerSpec("lstm", 8, 32, precision="int8")).amx_from == 0  # the widened fallback
+        spec = amx.resolve(lstm)
+    assert spec.kq == 256 and spec.ip == 64  # K of R and of W to whole 64-byte tile rows
+    src = kernels.layer_source(dataclasses.replace(lstm, amx_from=amx.INT8_STEPS_FROM))
+    assert "llvm.x86.tdpbusd" in src and "vpdpbusd" in src and f"if batch >= {amx.INT8_STEPS_FROM}:" in src
+    assert src.count("llvm.x86.tdpbusd") == 8  # projection: Xq and Xr x 2 column tiles; steps: 4 gates
+
+
+def test_fixed_h_scale_where_h_stays_in_the_unit_interval():
+    """H quantized by the cell update at 1/127 where it cannot leave [-1, 1]; a per-step phase elsewhere."""
+    fixed = [LayerSpec("lstm", 8, 32, precision="int8", vnni=True, initial_h=True),
+             LayerSpec("gru", 8, 32, precision="int8", vnni=True, linear_before_reset=True),
+             LayerSpec("rnn", 8, 32, precision="int8", vnni=True)]
+    per_step = [LayerSpec("rnn", 8, 32, precision="int8", vnni=True, activations=("Relu",)),
+                LayerSpec("gru", 8, 32, precision="int8", vnni=True, linear_before_reset=True, initial_h=True),
+                LayerSpec("gru", 8, 32, precision="int8", vnni=True, linear_before_reset=False),  # RH: its own phase
+                LayerSpec("lstm", 8, 32, precision="int8", vnni=True, activations=("Sigmoid", "Relu", "Relu")),
+                LayerSpec("lstm", 8, 32, precision="int8", vnni=True, seq_lens=True)]
+    assert all(s.fixed_h for s in fixed) and not any(s.fixed_h for s in per_step)
+    assert not LayerSpec("lstm", 8, 32, precision="int8").fixed_h  # widened int8 has float32 activations
+    src = kernels.layer_source(fixed[0])
+    assert "Hq[1 - cur, d, br" in src and "if t == 0:" in src  # H0: a per-row scale at step 0 only
+    assert "_hquant" not in kernels.layer_source(fixed[2]) and "_hquant" in kernels.layer_source(per_step[0])

@@ -6,6 +6,7 @@ GRU or RNN node in float64 with the operator pages' symbols. Arguments are passe
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -217,3 +218,24 @@ def test_cuda_kernel_logic_on_cpu(cell, dirs, extra):
     got = call(_compile(tvm.script.from_source(src)), spec, "cuda", values, T_, batch)
     for g, w in zip(got, in_layouts(spec, *onnx_reference(spec, X, W, R, B, h0, c0, P))):
         assert_close(g, w)
+
+
+def test_reversed_item_order_changes_no_bit():
+    """`chunks` only reorders a step's work items (reversed within chunks on odd steps): the outputs
+    are the in-order kernel's, bit for bit, also where the chunks do not divide the items."""
+    spec = LayerSpec("lstm", 12, 40, ("forward", "reverse"), batch_tile=2, gemm_rows=4)
+    X, W, R, B, *_ = _inputs(spec, 5, 7, np.random.default_rng(4))
+    values = {"X": X, **kernels.pack(spec, W, R, B)}
+    outs = [call(tvm.compile(tvm.IRModule({"main": kernels.layer_primfunc(s)}), target="llvm"), s, "llvm", values, 5, 7)
+            for s in (spec, dataclasses.replace(spec, chunks=3))]
+    assert "t % 2 == 1" in kernels.layer_source(dataclasses.replace(spec, chunks=3))
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
+def test_step_chunks_follow_the_share_of_r_in_l2():
+    from rnnc.compiler.tvm.target import cpu_count, l2_bytes, step_chunks
+
+    assert step_chunks(1 << 10) == 0  # a small R stays in L2 in any order
+    if cpu_count() > 1 and l2_bytes():
+        assert step_chunks(cpu_count() * l2_bytes()) == cpu_count()

@@ -131,6 +131,15 @@ def test_cuda_without_a_device_is_built_not_verified(tmp_path):
 _HAS_VNNI = "avx512vnni" in host.llvm_features(host.host_target()) and "avx512vnni" in (host.cpu_flags() or set())
 
 
+def _int8_path() -> str:
+    """The path int8_path=auto takes here: AMX where the host has its int8 tiles, VNNI, the fallback."""
+    from rnnc.compiler.tvm import amx
+
+    if not _HAS_VNNI:
+        return "fallback"
+    return "vnni" if host.amx_reason("int8") or amx.request_permission() else "amx"
+
+
 def _spec_file(tmp_path: Path, name: str, **rnn) -> Path:
     import yaml
 
@@ -153,7 +162,7 @@ def test_compile_int8_and_bf16_are_verified_entries(tmp_path):
         assert entry.verification.passed and 1e-5 < entry.verification.rel_err < bound, (name, entry.verification)
     int8 = json.loads((tmp_path / "out" / "tvm-int8" / "tvm.json").read_text())
     bf16 = json.loads((tmp_path / "out" / "tvm-bf16" / "tvm.json").read_text())
-    assert int8["precision"] == "int8" and int8["isa_path"] == ("vnni" if _HAS_VNNI else "fallback")
+    assert int8["precision"] == "int8" and int8["isa_path"] == _int8_path()
     assert "gate row" in int8["scales"] and bf16["precision"] == "bf16"
     assert all(layer["precision"] == "int8" for layer in int8["layers"] if "cell" in layer)
     assert not (tmp_path / "out" / "tvm" / "tvm.json").exists()
@@ -177,6 +186,8 @@ def test_int8_fallback_forced_and_chained(tmp_path):
         assert record["generation"] == "layered"  # the fused stream kernel is float32
         if path == "fallback":
             assert record["isa_path"] == "fallback" and "forced" in record["fallback"]
+        else:
+            assert record["isa_path"] == _int8_path()
         checked = rnnc.api.verify(out, chain=50)
         entry = checked.backends["tvm:int8"]
         assert entry.verification.passed and entry.verification.rel_err < 2e-2, entry.verification

@@ -25,19 +25,21 @@ The crossover `AMX_FROM` is measured (see its comment); option bf16_path forces 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from rnnc.compiler.tvm import cell
 from rnnc.compiler.tvm.emit import Emitter
-from rnnc.compiler.tvm.quant import bf16
-from rnnc.compiler.tvm.spec import (LANES, SMALL_FROM, LayerSpec, building, crossover, eligible, resolve,
-                                    time_index)
+from rnnc.compiler.tvm.quant import bf16, dequantized, h_scale, hq
+from rnnc.compiler.tvm.spec import (INT8_STEPS_FROM, LANES, SERIAL_BELOW, SMALL_FROM, LayerSpec, building,
+                                    crossover, eligible, item_order, resolve, time_index)
 
 # which layers get the AMX body is decided in `spec` (its `signature` needs it); named here too
-__all__ = ["SMALL_FROM", "building", "crossover", "eligible", "resolve", "request_permission", "target_with_amx",
-           "pack", "projection", "step_items"]
+__all__ = ["INT8_STEPS_FROM", "SMALL_FROM", "building", "crossover", "eligible", "resolve", "request_permission", "target_with_amx",
+           "pack", "projection", "step_items", "projection_int8", "step_items_int8"]
 
 FEATURES = ("+amx-tile", "+amx-bf16", "+amx-int8")
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
@@ -149,6 +151,15 @@ def dot(c: int, a: int, b: int) -> str:
     return _intrin("tdpbf16ps", _tile(c), _tile(a), _tile(b))
 
 
+def dot_int8(c: int, a: int, b: int) -> str:
+    """C (int32) += A (uint8, 64 k a row) . B (int8, k-groups of 4 x 16 columns a row): tdpbusd."""
+    return _intrin("tdpbusd", _tile(c), _tile(a), _tile(b))
+
+
+def zero(n: int) -> str:
+    return _intrin("tilezero", _tile(n))
+
+
 def round_x(e: Emitter, spec: LayerSpec, xrow: str) -> None:
     """Xb[m] = X row m in bf16 with zeros up to ip2, and the pad rows (up to 32) zero."""
     i_, ip2 = spec.input_size, spec.ip2
@@ -194,18 +205,27 @@ def projection(e: Emitter, spec: LayerSpec) -> None:
         e.line(_intrin("tilerelease"))
 
 
+@contextmanager
+def _items(e: Emitter, spec: LayerSpec, loop: str) -> Iterator[None]:
+    """The loop over a step's work items (column tile jo, 16 batch rows from b0, mr of them real)."""
+    e.line("nrows: T.let[T.int64] = (batch + 15) // 16")
+    with e.block(f"for w in {loop}({spec.hp // LANES} * nrows):"):
+        lets, wr = item_order(spec, f"{spec.hp // LANES} * nrows")
+        e.lines(lets)
+        e.line(f"jo: T.let[T.int64] = {wr} // nrows")
+        e.line(f"b0: T.let[T.int64] = {wr} % nrows * 16")
+        e.line(time_index(spec))
+        e.line("cur: T.let[T.int64] = t % 2")
+        e.line("mr: T.let[T.int64] = T.min(batch - b0, 16)")
+        yield
+
+
 def step_items(e: Emitter, spec: LayerSpec, loop: str) -> None:
     """One step's work items of direction d, (column tile jo, 16 batch rows): XP's gate tiles
     (tmm0..G-1) += Hb[cur] @ Ra over K, then the cell update of each row (GRU's new gate, whose
     recurrent part stays apart, from a zero tile into `rn`)."""
     g_, gs = spec.gates, spec.gates * spec.hp * 4
-    e.line("nrows: T.let[T.int64] = (batch + 15) // 16")
-    with e.block(f"for w in {loop}({spec.hp // LANES} * nrows):"):
-        e.line("jo: T.let[T.int64] = w // nrows")
-        e.line("b0: T.let[T.int64] = w % nrows * 16")
-        e.line(time_index(spec))
-        e.line("cur: T.let[T.int64] = t % 2")
-        e.line("mr: T.let[T.int64] = T.min(batch - b0, 16)")
+    with _items(e, spec, loop):
         apart = spec.cell == "gru"  # linear_before_reset: r * (R h + Rb), R h in rn
         if apart:
             e.line('rn = T.alloc_buffer((16, 16), "float32")')
@@ -227,4 +247,86 @@ def step_items(e: Emitter, spec: LayerSpec, loop: str) -> None:
                 e.line(store(g, f"XP[d, tt * batch + b0, (jo * {g_} + {g}) * 16]", gs))
         e.line(_intrin("tilerelease"))
         with e.block("for i in T.serial(mr):"):
+            cell.row_update(e, spec, "full")
+
+
+def projection_always(spec: LayerSpec) -> bool:
+    """int8 layers whose steps run in parallel at every batch take AMX's projection at every batch,
+    and VNNI's steps below `amx_from`: at batch 1 the steps read all of R for one row (VNNI's
+    broadcast row against R is as good as a tile of which 15 rows are idle), but the projection of
+    T rows at once is a GEMM that AMX does at 16x VNNI's multiply-adds."""
+    below = SERIAL_BELOW if spec.serial_below < 0 else spec.serial_below
+    return spec.vnni_int8 and spec.gates * spec.hp * spec.hp >= below
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 (tdpbusd): the VNNI packing is AMX's B operand as it is (a 64-byte row: 16 columns x 4 k)
+
+
+def projection_int8(e: Emitter, spec: LayerSpec) -> None:
+    """XP[d, m, :] = X(m) @ W[d] + Bias[d] from X's two bytes (`quant`, Xq and Xr): items of 16 rows
+    x nc column tiles, int32 sums of Xq in tmm0-1 and of Xr in tmm2-3, A in tmm4-5, B in tmm6-7,
+    then dequantized (`quant.dequantized`) row by row; Xq has 16 spare rows, XP none."""
+    d_, panels = len(spec.directions), spec.gates * spec.hp // LANES
+    nc = 2 if panels % 2 == 0 else 1
+    e.line("nm: T.let[T.int64] = (seq * batch + 15) // 16")
+    with e.block(f"for w in T.parallel({d_} * nm * {panels // nc}):"):
+        e.line(f"d: T.let[T.int64] = w // (nm * {panels // nc})")
+        e.line(f"pn: T.let[T.int64] = w % (nm * {panels // nc}) // nm")
+        e.line("m0: T.let[T.int64] = w % nm * 16")
+        configure(e, {n: 16 for n in range(8)})
+        for n in range(2 * nc):
+            e.line(zero(n))
+        with e.block(f"for kb in T.serial({spec.ip // 64}):"):
+            e.line(load(4, "Xq[m0, kb * 64]", spec.ip))
+            e.line(load(5, "Xr[m0, kb * 64]", spec.ip))
+            for c in range(nc):
+                e.line(load(6 + c, f"W[d, pn * {nc} + {c}, kb * 16, 0]", 64))
+                e.line(dot_int8(c, 4, 6 + c))
+                e.line(dot_int8(nc + c, 5, 6 + c))
+        e.line(f'acc = T.alloc_buffer(({2 * nc}, 16, 16), "int32")')
+        for n in range(2 * nc):
+            e.line(store(n, f"acc[{n}, 0, 0]", 64))
+        e.line(_intrin("tilerelease"))
+        col = f"(pn * {nc} + c) * 16 + l"
+        with e.block("for i in T.serial(T.min(16, seq * batch - m0)):"):
+            with e.block(f"for c in T.unroll({nc}):"), e.block("for l in T.vectorized(16):"):
+                value = dequantized("acc[c, i, l]", f"Wsum[d, {col}]", "Xsc[m0 + i]", f"Ws[d, {col}]",
+                                    f"acc[{nc} + c, i, l]")
+                e.line(f"XP[d, m0 + i, {col}] = {value} + Bias[d, {col}]")
+
+
+def step_items_int8(e: Emitter, spec: LayerSpec, loop: str) -> None:
+    """One step's work items of direction d, (column tile jo, 16 batch rows): int32 sums of Hq
+    (H in uint8, quantized by the phase before) x R over K in blocks of 64 in tmm0..G-1 (A in
+    tmm4, B in tmm5-6), dequantized into XP (GRU's new gate into `rn`, apart), then each row's cell
+    update."""
+    g_ = spec.gates
+    with _items(e, spec, loop):
+        configure(e, {**{g: "mr" for g in range(g_)}, 4: "mr", 5: 16, 6: 16})
+        for g in range(g_):
+            e.line(zero(g))
+        with e.block(f"for kb in T.serial({spec.kq // 64}):"):
+            e.line(load(4, hq(spec, "b0", "kb * 64"), spec.kq))
+            for g in range(g_):
+                e.line(load(5 + g % 2, f"R[d, jo, kb * 16, {g}, 0]", g_ * 64))
+                e.line(dot_int8(g, 4, 5 + g % 2))
+        e.line(f'acc = T.alloc_buffer(({g_}, 16, 16), "int32")')
+        for g in range(g_):
+            e.line(store(g, f"acc[{g}, 0, 0]", 64))
+        e.line(_intrin("tilerelease"))
+        apart = spec.cell == "gru"  # linear_before_reset: r * (R h + Rb), R h in rn
+        if apart:
+            e.line('rn = T.alloc_buffer((16, 16), "float32")')
+        def value(g: str) -> str:  # gate g's int32 sums of row i, dequantized
+            col = f"(jo * {g_} + {g}) * 16 + l"
+            return dequantized(f"acc[{g}, i, l]", f"Rsum[d, {col}]", h_scale(spec, "b0 + i"), f"Rs[d, {col}]")
+
+        xp = f"XP[d, tt * batch + b0 + i, (jo * {g_} + g) * 16 + l]"
+        with e.block("for i in T.serial(mr):"):
+            with e.block(f"for g in T.unroll({2 if apart else g_}):"), e.block("for l in T.vectorized(16):"):
+                e.line(f"{xp} = {xp} + {value('g')}")
+            if apart:
+                with e.block("for l in T.vectorized(16):"):
+                    e.line(f"rn[i, l] = {value('2')}")
             cell.row_update(e, spec, "full")

@@ -115,8 +115,10 @@ def _update(spec: LayerSpec, b: str, phase: str, tt: str) -> list[str]:
     else:
         body += act(0, "v[7, l]", clip(pre[0]))
     body.append(f"Hs[1 - cur, d, {b}, jo * 16 + l] = v[7, l]")
-    if spec.amx_from:  # the AMX body's next products read H in bf16 (`amx`)
+    if spec.amx_from and spec.precision == "bf16":  # the AMX body's next products read H in bf16 (`amx`)
         body.append(f"Hb[1 - cur, d, {b}, jo * 16 + l] = {quant.bf16('v[7, l]')}")
+    if spec.fixed_h:  # the next step's products read H in uint8 at the fixed scale (`quant`)
+        body.append(f"{quant.hq(spec, b, 'jo * 16 + l', '1 - cur')} = {quant.fixed_u8('v[7, l]')}")
     return body
 
 
@@ -139,3 +141,22 @@ def _act(name: str, dst: str, src: str, tmp: str) -> list[str]:
     out.append(f"{p} = {num} * {x} / {den}")
     out.append(f"{dst} = T.float32(0.5) * {p} + T.float32(0.5)" if name == "Sigmoid" else f"{dst} = {p}")
     return out
+
+
+# Cephes' expf: exp(x) = 2^n exp(r), r = x - n ln 2 in two parts, exp(r) by a degree-6 polynomial
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+def exp_lines(src: str, dst: str) -> list[str]:
+    """Statements (inside a vectorized loop over l) for dst = exp(src), src <= 0 (a softmax's shifted
+    logits; TVM's `T.exp` is a scalar libm call per lane); `v` slots 0-2."""
+    poly = f32(_EXP_P[0])
+    for p in _EXP_P[1:]:
+        poly = f"({poly} * v[1, l] + {f32(p)})"
+    return [
+        f"v[0, l] = T.max({src}, T.float32(-87.0))",
+        "v[2, l] = T.floor(v[0, l] * T.float32(1.44269504088896341) + T.float32(0.5))",
+        "v[1, l] = v[0, l] - v[2, l] * T.float32(0.693359375) + v[2, l] * T.float32(2.12194440e-4)",
+        (f"{dst} = ({poly} * v[1, l] * v[1, l] + v[1, l] + T.float32(1)) * "
+         'T.reinterpret("float32", T.shift_left(T.Cast("int32", v[2, l]) + 127, 23))'),
+    ]

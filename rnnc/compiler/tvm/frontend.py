@@ -5,11 +5,13 @@ lacks LSTM, GRU, RNN, Loop and Scan. `Importer` is its importer with those added
 nodes become calls of our TIR layer kernels (`kernels` on the CPU, `cuda` on the GPU), wherever
 they sit, If branches and loop bodies included; `RnncDense` nodes (see `absorb`) our dense kernel;
 `RnncConv` nodes im2col + our GEMM (`conv`; upstream's Conv where spatial sizes are symbolic);
+Softmax over a static last axis on the CPU our row-parallel kernel (`softmax`);
 Loop and Scan a recursive Relax function (`control`), so the loop runs inside the compiled
 artifact. An operator no converter takes raises `Unsupported` naming each op type and its nodes.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -19,7 +21,8 @@ from tvm import relax
 from tvm.ir.expr import Constant
 from tvm.relax.frontend.onnx import onnx_frontend as upstream
 
-from rnnc.compiler.tvm import conv, cuda, dense, kernels
+from rnnc.compiler.tvm import conv, cuda, dense, kernels, softmax
+from rnnc.compiler.tvm import target as host
 from rnnc.compiler.tvm.absorb import CONV, DENSE, RECURRENT
 from rnnc.compiler.tvm.spec import ACTIVATIONS, LayerSpec, Tuning, signature
 from rnnc.errors import Unsupported
@@ -76,6 +79,10 @@ class Importer(upstream.ONNXGraphImporter):
             return self._dense(inputs, attrs)
         if op_name == CONV:
             return self._conv(inputs, attrs, opset)
+        if op_name == "Softmax" and self.target_kind == "llvm":
+            y = self._softmax(inputs[0], attrs, opset)
+            if y is not None:
+                return y
         if op_name in CONTROL:
             from rnnc.compiler.tvm import control
 
@@ -146,6 +153,9 @@ class Importer(upstream.ONNXGraphImporter):
             seq_lens=ins[4] is not None, batch_tile=self.tuning.batch_tile, gemm_rows=self.tuning.gemm_rows,
             precision=self.precision, vnni=self.vnni and self.precision == "int8",
         )
+        if self.target_kind == "llvm":  # the order of a step's work items, by how R sits in this host's L2
+            r_bytes = spec.gates * spec.hp * spec.hp * {"fp32": 4, "bf16": 2, "int8": 1}[spec.precision]
+            spec = dataclasses.replace(spec, chunks=host.step_chunks(r_bytes))
         values = {"X": x, "H0": h0, "C0": c0}
         packed = self.kernels.pack(spec, w, r, b, weights.get("P") if spec.peepholes else None)
         values.update((k, relax.const(v)) for k, v in packed.items())
@@ -214,6 +224,30 @@ class Importer(upstream.ONNXGraphImporter):
             return self.bb.emit(relax.op.nn.leakyrelu(y, float(a.get("alpha", 0.01))))
         f = {"Sigmoid": relax.op.sigmoid, "Tanh": relax.op.tanh, "Relu": relax.op.nn.relu}.get(act)
         return self.bb.emit(f(y)) if f else y
+
+    # -- softmax --------------------------------------------------------------------------------
+
+    def _softmax(self, x: Any, a: dict, opset: int) -> Any:
+        """Softmax over the last axis of a float32 tensor with a static last dim: our kernel
+        (`softmax`), rows flattened; None (upstream's) for another axis, dtype or a symbolic dim.
+        Before opset 13 the axis flattens the dims after it, which is the last axis' softmax too
+        when it is the last."""
+        if not hasattr(x, "ty") or getattr(x.ty, "dtype", None) != "float32" or not hasattr(x.ty, "shape"):
+            return None
+        shape = list(x.ty.shape.values)
+        axis = int(a.get("axis", -1 if opset >= 13 else 1))
+        n = _int(shape[-1]) if shape else None
+        if not shape or axis % len(shape) != len(shape) - 1 or n is None:
+            return None
+        rows = 1
+        for s in shape[:-1]:
+            rows = rows * s
+        flat = self.bb.emit(relax.op.reshape(x, (rows, n))) if len(shape) != 2 else x
+        name = f"softmax{len(self.layers)}"
+        gvar = self.bb.add_func(softmax.softmax_primfunc(n, name), name)
+        self.layers.append({"name": name, "node": a.get("tvm_custom", {}).get("name", "?"), "softmax": n})
+        y = self.bb.emit(relax.call_tir(gvar, [flat], relax.TensorType((rows, n), "float32")))
+        return self.bb.emit(relax.op.reshape(y, shape)) if len(shape) != 2 else y
 
     # -- conv -----------------------------------------------------------------------------------
 

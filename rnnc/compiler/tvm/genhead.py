@@ -8,7 +8,7 @@ output[b, s, :], generated[b, s] and the next step's input (Tok, or Xf).
 from __future__ import annotations
 
 from rnnc.compiler.tvm import cell
-from rnnc.compiler.tvm.emit import Emitter, f32
+from rnnc.compiler.tvm.emit import Emitter
 from rnnc.compiler.tvm.gemm import accumulate
 from rnnc.compiler.tvm.genspec import GenSpec
 from rnnc.compiler.tvm.spec import LANES, panel
@@ -83,7 +83,7 @@ def _softmax(e: Emitter, spec: GenSpec) -> None:
     with e.block("for l in T.vectorized(16):"):
         e.line("sm[l] = T.float32(0)")
     with e.block(f"for jb in T.serial({nb}):"), e.block("for l in T.vectorized(16):"):
-        e.lines(_exp(f"Lg[{b}, jb * 16 + l] - r[0]", f"Lg[{b}, jb * 16 + l]"))
+        e.lines(cell.exp_lines(f"Lg[{b}, jb * 16 + l] - r[0]", f"Lg[{b}, jb * 16 + l]"))
         e.line(f"sm[l] = sm[l] + Lg[{b}, jb * 16 + l]")
     e.line("r[1] = T.float32(0)")
     with e.block("for l in T.serial(16):"):
@@ -107,21 +107,3 @@ def _activation(head: str, dst: str, src: str) -> list[str]:
     if head == "leaky_relu":
         return [f"{dst} = T.if_then_else({src} < T.float32(0), T.float32(0.01) * {src}, {src})"]
     return cell._act({"sigmoid": "Sigmoid", "tanh": "Tanh"}[head], dst, src, "v[{s}, l]")
-
-
-# Cephes' expf: exp(x) = 2^n exp(r), r = x - n ln 2 in two parts, exp(r) by a degree-6 polynomial
-_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
-
-
-def _exp(src: str, dst: str) -> list[str]:
-    """Statements (inside a vectorized loop over l) for dst = exp(src), src <= 0 here; v slots 0-2."""
-    poly = f32(_EXP_P[0])
-    for p in _EXP_P[1:]:
-        poly = f"({poly} * v[1, l] + {f32(p)})"
-    return [
-        f"v[0, l] = T.max({src}, T.float32(-87.0))",
-        "v[2, l] = T.floor(v[0, l] * T.float32(1.44269504088896341) + T.float32(0.5))",
-        "v[1, l] = v[0, l] - v[2, l] * T.float32(0.693359375) + v[2, l] * T.float32(2.12194440e-4)",
-        (f"{dst} = ({poly} * v[1, l] * v[1, l] + v[1, l] + T.float32(1)) * "
-         'T.reinterpret("float32", T.shift_left(T.Cast("int32", v[2, l]) + 127, 23))'),
-    ]

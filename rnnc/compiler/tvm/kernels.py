@@ -38,7 +38,7 @@ import numpy as np
 from rnnc.compiler.tvm import amx, cell, quant
 from rnnc.compiler.tvm.emit import Emitter, prim_func
 from rnnc.compiler.tvm.gemm import accumulate, gemm
-from rnnc.compiler.tvm.spec import (ACTIVATIONS, LANES, SERIAL_BELOW, LayerSpec, check, signature,
+from rnnc.compiler.tvm.spec import (ACTIVATIONS, LANES, SERIAL_BELOW, LayerSpec, check, item_order, signature,
                                     state_index, time_index)
 
 __all__ = ["ACTIVATIONS", "LANES", "LayerSpec", "layer_primfunc", "layer_source", "pack"]
@@ -131,23 +131,26 @@ def layer_source(spec: LayerSpec, name: str = "main") -> str:
     g_, hp, d_ = spec.gates, spec.hp, len(spec.directions)
     e = Emitter()
     with prim_func(e, name, signature(spec, "llvm"), ("batch", "seq")):
-        spare = " + 32" if spec.amx_from else ""  # the AMX projection's tiles of 32 rows
+        bf16_amx = spec.amx_from and spec.precision == "bf16"
+        spare = " + 32" if bf16_amx else ""  # the bf16 AMX projection's tiles of 32 rows
         e.line(f'XP = T.alloc_buffer(({d_}, seq * batch{spare}, {g_ * hp}), "float32")')
         e.line(f'Hs = T.alloc_buffer((2, {d_}, batch, {hp}), "float32")')
         if spec.cell == "lstm":
             e.line(f'Cs = T.alloc_buffer(({d_}, batch, {hp}), "float32")')
         if cell.two_phase(spec):
             e.line(f'RH = T.alloc_buffer(({d_}, batch, {hp}), "float32")')
-        if spec.vnni_int8:  # uint8 activations and their row scales (`quant`)
-            e.line(f'Xq = T.alloc_buffer((seq * batch, {spec.ip}), "uint8")')
-            e.line(f'Xr = T.alloc_buffer((seq * batch, {spec.ip}), "uint8")  # X\'s second byte')
+        if spec.vnni_int8:  # uint8 activations and their row scales (`quant`); AMX tiles read 16 rows of X
+            rows = "seq * batch + 16" if spec.amx_from else "seq * batch"
+            e.line(f'Xq = T.alloc_buffer(({rows}, {spec.ip}), "uint8")')
+            e.line(f'Xr = T.alloc_buffer(({rows}, {spec.ip}), "uint8")  # X\'s second byte')
             e.line('Xsc = T.alloc_buffer((seq * batch,), "float32")')
-            e.line(f'Hq = T.alloc_buffer(({d_}, batch, {hp}), "uint8")')
+            e.line(f'Hq = T.alloc_buffer(({"2, " if spec.fixed_h else ""}{d_}, batch, {spec.kq}), "uint8")')
             e.line(f'Hsc = T.alloc_buffer(({d_}, batch), "float32")')
-        if spec.amx_from:  # bf16 operands of the AMX products: X rows, and H per step (double-buffered)
+        if bf16_amx:  # bf16 operands of the AMX products: X rows, and H per step (double-buffered)
             e.line(f'Xb = T.alloc_buffer((seq * batch + 32, {spec.ip2}), "uint16")')
             e.line(f'Hb = T.alloc_buffer((2, {d_}, batch, {spec.kp}), "uint16")')
-            if spec.amx_from == 1:  # every batch (no else branch: there batch would be 0, TVM divides by it)
+        if spec.amx_from:
+            if spec.amx_from == 1 or amx.projection_always(spec):  # (no else branch at 1: batch 0, TVM divides by it)
                 _amx_body(e, spec)
             else:
                 with e.block(f"if batch >= {spec.amx_from}:"):
@@ -174,25 +177,46 @@ def _bodies(e: Emitter, spec: LayerSpec) -> None:
 
 
 def _amx_body(e: Emitter, spec: LayerSpec) -> None:
-    """`_body` on AMX tiles (`amx`): X to bf16, the projection, initial state (H also to bf16,
-    zeros past Hp), the steps, the final state; always parallel (its steps are large ones)."""
+    """`_body` on AMX tiles (`amx`): X to bf16 (int8: to two uint8), the projection, the initial
+    state (H also to bf16, zeros past Hp; int8: Hq's pad past Hp at the zero point), the steps
+    (int8: H to uint8 in a phase before each), the final state; always parallel (its steps are
+    large ones)."""
+    int8 = spec.precision == "int8"
     with e.block(_REGION):
         with e.block(_barrier("_xround")):
-            amx.round_x(e, spec, _xrow(spec))
+            if int8:
+                _quantize_x(e, spec)
+            else:
+                amx.round_x(e, spec, _xrow(spec))
         with e.block(_barrier("_gemm")):
-            amx.projection(e, spec)
+            (amx.projection_int8 if int8 else amx.projection)(e, spec)
         with e.block(_barrier("_init")), _per_row(e, spec, "T.parallel"):
-            with e.block(f"for j in T.serial({spec.kp}):"):
+            with e.block(f"for j in T.serial({spec.kq if int8 else spec.kp}):"):
                 e.line(f"h0: T.let[T.float32] = {_initial('H0', spec.initial_h, spec.hidden)}")
                 with e.block(f"if j < {spec.hp}:"):
                     e.line("Hs[0, d, b, j] = h0")
                     if spec.cell == "lstm":
                         e.line(f"Cs[d, b, j] = {_initial('C0', spec.initial_c, spec.hidden)}")
-                e.line(f"Hb[0, d, b, j] = {amx.bf16('h0')}")
-                e.line("Hb[1, d, b, j] = T.uint16(0)")
+                if not int8:
+                    e.line(f"Hb[0, d, b, j] = {amx.bf16('h0')}")
+                    e.line("Hb[1, d, b, j] = T.uint16(0)")
+            if int8:
+                _init_hq(e, spec)
         with e.block(f"for d in T.serial({len(spec.directions)}):"), e.block("for t in T.serial(seq):"):
-            with e.block(_barrier("_step")):
-                amx.step_items(e, spec, "T.parallel")
+            if int8:
+                _hquant_phase(e, spec, True)
+            if not int8:
+                with e.block(_barrier("_step")):
+                    amx.step_items(e, spec, "T.parallel")
+            elif spec.amx_from == 1:
+                with e.block(_barrier("_step")):
+                    amx.step_items_int8(e, spec, "T.parallel")
+            else:  # int8 below amx_from: VNNI's steps after AMX's projection (see `amx.projection_always`)
+                with e.block(_barrier("_step")):
+                    with e.block(f"if batch >= {spec.amx_from}:"):
+                        amx.step_items_int8(e, spec, "T.parallel")
+                    with e.block("else:"):
+                        _step_items(e, spec, "T.parallel", spec.batch_tile, "full")
         _final(e, spec, "T.parallel")
 
 
@@ -213,12 +237,13 @@ def _body(e: Emitter, spec: LayerSpec, parallel: bool) -> None:
                 e.line(f"Hs[0, d, b, j] = {_initial('H0', spec.initial_h, spec.hidden)}")
                 if spec.cell == "lstm":
                     e.line(f"Cs[d, b, j] = {_initial('C0', spec.initial_c, spec.hidden)}")
+            if spec.vnni_int8:
+                _init_hq(e, spec)
         # the time loop, one direction after the other: each direction's R stays in the L2 of the
         # core(s) working on it for all T steps, instead of both sharing it every step
         with e.block(f"for d in T.serial({len(spec.directions)}):"), e.block("for t in T.serial(seq):"):
             if spec.vnni_int8:  # H of every row to uint8, before any product reads it
-                with e.block(_barrier("_hquant") if parallel else "for _hquant in T.serial(1):"):
-                    _quantize_h(e, spec, loop, "Hs[t % 2, d, b, {k}]")
+                _hquant_phase(e, spec, parallel)
             if not cell.two_phase(spec):
                 with e.block(_barrier("_step") if parallel else None):
                     _step_items(e, spec, loop, bt, "full")
@@ -271,10 +296,33 @@ def _quantize_x(e: Emitter, spec: LayerSpec) -> None:
 
 
 def _quantize_h(e: Emitter, spec: LayerSpec, loop: str, src: str) -> None:
-    """Hq[d, b] = `src` (H or GRU's r * H) of row b in uint8, its scale Hsc[d, b]."""
+    """Hq[d, b] = `src` (H or GRU's r * H) of row b in uint8, its scale Hsc[d, b] (K's pad to kq at
+    the zero point)."""
     with e.block(f"for b in {loop}(batch):"):
-        quant.quantize_row(e, lambda k: src.format(k=k), spec.hp, spec.hp, lambda k: f"Hq[d, b, {k}]",
-                           "Hsc[d, b]")
+        quant.quantize_row(e, lambda k: src.format(k=k), spec.hp, spec.kq, lambda k: quant.hq(spec, "b", k, "0"),
+                           "Hsc[d, b]")  # (under a fixed scale, only step 0's H0: buffer 0)
+
+
+def _hquant_phase(e: Emitter, spec: LayerSpec, parallel: bool) -> None:
+    """H of every row to uint8 before the step's products: a phase per step, or under a fixed
+    scale (`LayerSpec.fixed_h`) only step 0's for an initial H0 (the cell updates write the rest)."""
+    if spec.fixed_h and not spec.initial_h:
+        return
+    loop = "T.parallel" if parallel else "T.serial"
+    with e.block("if t == 0:" if spec.fixed_h else None):
+        with e.block(_barrier("_hquant") if parallel else "for _hquant in T.serial(1):"):
+            _quantize_h(e, spec, loop, "Hs[t % 2, d, b, {k}]")
+
+
+def _init_hq(e: Emitter, spec: LayerSpec) -> None:
+    """Row b's Hq at the zero point up to kq (its pad past Hp stays so; under a fixed scale both
+    buffers, and buffer 0 is the zero state's H)."""
+    with e.block(f"for j in T.serial({spec.kq}):"):
+        if spec.fixed_h:
+            e.line(f"{quant.hq(spec, 'b', 'j', '0')} = T.uint8({quant.ZERO_POINT})")
+            e.line(f"{quant.hq(spec, 'b', 'j', '1')} = T.uint8({quant.ZERO_POINT})")
+        else:
+            e.line(f"{quant.hq(spec, 'b', 'j')} = T.uint8({quant.ZERO_POINT})")
 
 
 def _projection(e: Emitter, spec: LayerSpec) -> None:
@@ -293,11 +341,11 @@ def _projection(e: Emitter, spec: LayerSpec) -> None:
     def vnni(e: Emitter, rows: int) -> None:  # the tile's products on vpdpbusd, from Xq
         col = f"(pn * {nr} + c) * 16 + l"
         quant.accumulate_vnni(
-            e, rows, nr, "c", spec.ip // 4, lambda i: f"Xq[m0 + {i}, T.ramp(k * 4, 1, 4)]",
-            "W[d, pn * {nr} + c, k, T.ramp(0, 1, 64)]".format(nr=nr),
+            e, rows, nr, "c", spec.ip // 4, lambda i, k: f"Xq[m0 + {i}, T.ramp({k} * 4, 1, 4)]",
+            lambda k: f"W[d, pn * {nr} + c, {k}, T.ramp(0, 1, 64)]",
             lambda i: quant.dequantized(f"qacc{i}[c, l]", f"Wsum[d, {col}]", f"Xsc[m0 + {i}]", f"Ws[d, {col}]",
                                         f"qacc{i}r[c, l]"),
-            a2=lambda i: f"Xr[m0 + {i}, T.ramp(k * 4, 1, 4)]")
+            a2=lambda i, k: f"Xr[m0 + {i}, T.ramp({k} * 4, 1, 4)]")
 
     e.line("rows: T.let[T.int64] = seq * batch")
     gemm(e, tile=spec.gemm_rows, panel=nr, panels=spec.gates * spec.hp // LANES // nr, depth=spec.input_size,
@@ -310,8 +358,10 @@ def _step_items(e: Emitter, spec: LayerSpec, loop: str, bt: int, phase: str) -> 
     e.line(f"nbt: T.let[T.int64] = batch // {bt}")
     e.line(f"nrows: T.let[T.int64] = (batch + {bt - 1}) // {bt}")
     with e.block(f"for w in {loop}({spec.hp // LANES} * nrows):"):
-        e.line("jo: T.let[T.int64] = w // nrows")
-        e.line("bi: T.let[T.int64] = w % nrows")
+        lets, wr = item_order(spec, f"{spec.hp // LANES} * nrows")
+        e.lines(lets)
+        e.line(f"jo: T.let[T.int64] = {wr} // nrows")
+        e.line(f"bi: T.let[T.int64] = {wr} % nrows")
         e.line(time_index(spec))
         e.line("cur: T.let[T.int64] = t % 2")
         e.line(f"b0: T.let[T.int64] = bi * {bt}")
@@ -344,9 +394,10 @@ def _recurrent_product(e: Emitter, spec: LayerSpec, rows: int, phase: str) -> No
     col = f"(jo * {g_} + g + {g0}) * 16 + l"
     if spec.vnni_int8:  # from Hq (H, or RH in phase n, quantized by the phase before)
         quant.accumulate_vnni(
-            e, rows, ng, "g", spec.hp // 4, lambda i: f"Hq[d, b0 + {i}, T.ramp(k * 4, 1, 4)]",
-            f"R[d, jo, k, g + {g0}, T.ramp(0, 1, 64)]",
-            lambda i: quant.dequantized(f"qacc{i}[g, l]", f"Rsum[d, {col}]", f"Hsc[d, b0 + {i}]", f"Rs[d, {col}]"))
+            e, rows, ng, "g", spec.hp // 4, lambda i, k: quant.hq(spec, f"b0 + {i}", f"T.ramp({k} * 4, 1, 4)"),
+            lambda k: f"R[d, jo, {k}, g + {g0}, T.ramp(0, 1, 64)]",
+            lambda i: quant.dequantized(f"qacc{i}[g, l]", f"Rsum[d, {col}]", quant.h_scale(spec, f"b0 + {i}"),
+                                        f"Rs[d, {col}]"))
     else:
         r = quant.widen(spec, f"R[d, jo, k, g + {g0}, l]")
         accumulate(e, rows, ng, "g", spec.hp, lambda i: f"{src.format(i=i)} * {r}")

@@ -39,6 +39,7 @@ from rnnc.compiler.tvm.emit import Emitter
 from rnnc.compiler.tvm.spec import LANES, LayerSpec
 
 ZERO_POINT = 128  # uint8 activations: a_q = round(a / s) + 128, in [1, 255]
+FIXED_SCALE = 1 / 127  # H's scale where it stays in [-1, 1] (`LayerSpec.fixed_h`)
 RESIDUAL = 254  # X's second byte: its residual x / s - q1 (in [-1/2, 1/2]) times this, rounded
 
 
@@ -90,8 +91,9 @@ def pack(spec: LayerSpec, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
     # [D, P, K, 16] -> [D, P, K/4, 16, 4]: element (l, q) of k-group kg is column l at k = 4 kg + q
     out["W"] = np.ascontiguousarray(wq.reshape(d_, -1, spec.ip // 4, 4, LANES).transpose(0, 1, 2, 4, 3)
                                     .reshape(d_, -1, spec.ip // 4, 4 * LANES))
-    out["R"] = np.ascontiguousarray(rq.reshape(d_, hp // LANES, hp // 4, 4, g_, LANES).transpose(0, 1, 2, 4, 5, 3)
-                                    .reshape(d_, hp // LANES, hp // 4, g_, 4 * LANES))
+    rq = np.pad(rq, ((0, 0), (0, 0), (0, spec.kq - hp), (0, 0), (0, 0)))  # K to a tile row of bytes under AMX
+    out["R"] = np.ascontiguousarray(rq.reshape(d_, hp // LANES, spec.kq // 4, 4, g_, LANES).transpose(0, 1, 2, 4, 5, 3)
+                                    .reshape(d_, hp // LANES, spec.kq // 4, g_, 4 * LANES))
     return out
 
 
@@ -130,26 +132,46 @@ def _llvm_bytes() -> bool:
     return codegen.llvm_version_major() >= 20
 
 
-def accumulate_vnni(e: Emitter, rows: int, width: int, var: str, groups: int, a: Callable[[int], str],
-                    b: str, dequant: Callable[[int], str], a2: Callable[[int], str] | None = None) -> None:
+def accumulate_vnni(e: Emitter, rows: int, width: int, var: str, groups: int, a: Callable[[int, str], str],
+                    b: Callable[[str], str], dequant: Callable[[int], str],
+                    a2: Callable[[int, str], str] | None = None) -> None:
     """`acc{i}[var, l]` (float32) = dequant(i) of sum over k-groups of a(i) . b, in int32 registers.
 
-    a(i): the 4 uint8 of row i's k-group `k` (a `T.ramp` load); b: the group's 64 int8 (16 columns
-    x 4, the `var`-th 16-column block); dequant(i): the float32 of `qacc{i}[var, l]` (and with
+    a(i, k): the 4 uint8 of row i's k-group k (a `T.ramp` load); b(k): the group's 64 int8 (16
+    columns x 4, the `var`-th 16-column block); dequant(i): the float32 of `qacc{i}[var, l]` (and with
     `a2`, a second byte of each activation, of `qacc{i}r[var, l]` summed the same way), per lane."""
-    accs = [(f"qacc{i}", a(i)) for i in range(rows)]
+    accs: list[tuple[str, Callable[[str], str]]] = [(f"qacc{i}", lambda k, i=i: a(i, k)) for i in range(rows)]
     if a2 is not None:
-        accs += [(f"qacc{i}r", a2(i)) for i in range(rows)]
-    for acc, _ in accs:
-        e.line(f'{acc} = T.alloc_buffer(({width}, 16), "int32")')
+        accs += [(f"qacc{i}r", lambda k, i=i: a2(i, k)) for i in range(rows)]
+    # vpdpbusd's latency (5 cycles) over few chains: a single row's 4 gates would wait on it, so
+    # under 8 chains the k-groups alternate between two sets of accumulators, added at the end
+    split = 2 if len(accs) * width < 8 and groups >= 2 else 1
+    sets = [(acc, src, "") for acc, src in accs] + [(acc, src, "s") for acc, src in accs if split == 2]
+    for acc, _, half in sets:
+        e.line(f'{acc}{half} = T.alloc_buffer(({width}, 16), "int32")')
         with e.block(f"for {var}, l in T.grid({width}, 16):"):
-            e.line(f"{acc}[{var}, l] = 0")
+            e.line(f"{acc}{half}[{var}, l] = 0")
     lanes = "T.ramp(0, 1, 16)"
-    with e.block(f"for k in T.serial({groups}):"):
-        for acc, src in accs:
+
+    def products(k: str, sub: list[tuple[str, Callable[[str], str], str]]) -> None:
+        for acc, src, half in sub:
             with e.block(f"for {var} in T.unroll({width}):"):
-                e.line(f'{acc}[{var}, {lanes}] = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", '
-                       f"{acc}[{var}, {lanes}], {_u8x64(src)}, {_b(b)})")
+                e.line(f'{acc}{half}[{var}, {lanes}] = T.call_llvm_pure_intrin("int32x16", '
+                       f'"llvm.x86.avx512.vpdpbusd.512", {acc}{half}[{var}, {lanes}], '
+                       f"{_u8x64(src(k))}, {_b(b(k))})")
+
+    if split == 1:
+        with e.block(f"for k in T.serial({groups}):"):
+            products("k", sets)
+    else:
+        with e.block(f"for k2 in T.serial({groups // 2}):"):
+            products("k2 * 2", [x for x in sets if not x[2]])
+            products("(k2 * 2 + 1)", [x for x in sets if x[2]])
+        if groups % 2:
+            products(str(groups - 1), [x for x in sets if not x[2]])
+        for acc, _ in accs:
+            with e.block(f"for {var}, l in T.grid({width}, 16):"):
+                e.line(f"{acc}[{var}, l] = {acc}[{var}, l] + {acc}s[{var}, l]")
     for i in range(rows):
         e.line(f'acc{i} = T.alloc_buffer(({width}, 16), "float32")')
         with e.block(f"for {var} in T.unroll({width}):"), e.block("for l in T.vectorized(16):"):
@@ -204,9 +226,10 @@ def quantize_row(e: Emitter, src: Callable[[str], str], n: int, padded: int, dst
     for k in range(full, n):
         for out, value in outs:
             e.line(f"{out(str(k))} = {value(str(k))}")
-    for k in range(n, padded):
-        for out, _ in outs:
-            e.line(f"{out(str(k))} = T.uint8({ZERO_POINT})")
+    if padded > n:  # K's padding at the zero point (its weights are 0)
+        with e.block(f"for kpad in T.serial({n}, {padded}):"):
+            for out, _ in outs:
+                e.line(f"{out('kpad')} = T.uint8({ZERO_POINT})")
 
 
 def bf16(value: str) -> str:
@@ -214,3 +237,24 @@ def bf16(value: str) -> str:
     bits = f'T.reinterpret("uint32", {value})'
     return (f'T.Cast("uint16", T.shift_right({bits} + T.uint32(32767) + '
             f'T.bitwise_and(T.shift_right({bits}, T.uint32(16)), T.uint32(1)), T.uint32(16)))')
+
+
+def hq(spec: LayerSpec, b: str, k: str, buf: str = "cur") -> str:
+    """Hq's element (row b, k) that a step's products read: double-buffered ([cur] read, [1 - cur]
+    written by the cell update) under a fixed scale, else the per-step phase's one buffer."""
+    return f"Hq[{buf}, d, {b}, {k}]" if spec.fixed_h else f"Hq[d, {b}, {k}]"
+
+
+def h_scale(spec: LayerSpec, b: str) -> str:
+    """The scale of row b of the Hq a step reads: fixed, or the phase's (step 0's, for H0, under a fixed one)."""
+    if not spec.fixed_h:
+        return f"Hsc[d, {b}]"
+    if spec.initial_h:
+        return f"T.if_then_else(t == 0, Hsc[d, {b}], T.float32({FIXED_SCALE!r}))"
+    return f"T.float32({FIXED_SCALE!r})"
+
+
+def fixed_u8(value: str) -> str:
+    """H in [-1, 1] as uint8 at the fixed scale (clamped: the activations' approximations may pass 1 by an ulp)."""
+    q = f'T.max(T.min(T.Cast("int32", T.nearbyint({value} * T.float32(127))), 127), -127)'
+    return f'T.Cast("uint8", {q} + {ZERO_POINT})'

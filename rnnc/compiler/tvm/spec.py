@@ -97,7 +97,8 @@ class LayerSpec:
     serial_below: int = -1  # multiply-adds per step under which steps run serially; -1: SERIAL_BELOW
     precision: str = "fp32"  # fp32 | bf16 | int8: how W and R are stored (`quant`); state and gates stay float32
     vnni: bool = False  # int8 only: products on AVX512-VNNI (vpdpbusd), else int8 widened to float32
-    amx_from: int = 0  # bf16 only: batch sizes from which a call runs the AMX body (`amx`); 0: never
+    amx_from: int = 0  # bf16 and VNNI int8: batch sizes from which a call runs the AMX body (`amx`); 0: never
+    chunks: int = 0  # a step's work items in this many contiguous chunks, reversed on odd steps (`item_order`); 0: none
 
     @property
     def gates(self) -> int:
@@ -121,9 +122,39 @@ class LayerSpec:
         return self.precision == "int8" and self.vnni
 
     @property
+    def fixed_h(self) -> bool:
+        """VNNI int8 whose H cannot leave [-1, 1] after the first step (LSTM's o * h(c) and RNN's
+        f with bounded activations; GRU's convex mix with a sigmoid z, from a zero state): H is
+        quantized at the fixed scale 1/127 by the cell update itself, into Hq[1 - cur], with no
+        phase and barrier of its own per step (an initial H0 still gets a per-row scale at step 0).
+        Not for GRU's r-before-R (RH has its own phase) nor sequence_lens (rows keep their state)."""
+        if not self.vnni_int8 or self.seq_lens or (self.cell == "gru" and not self.linear_before_reset):
+            return False
+        bounded, acts = ("Sigmoid", "Tanh"), self.acts
+        n = len(acts) // len(self.directions)
+        for d in range(len(self.directions)):
+            a = acts[d * n:(d + 1) * n]
+            if self.cell == "lstm" and not (a[0] in bounded and a[2] in bounded):
+                return False
+            if self.cell == "gru" and not (a[0] == "Sigmoid" and a[1] in bounded and not self.initial_h):
+                return False
+            if self.cell == "rnn" and a[0] not in bounded:
+                return False
+        return True
+
+    @property
     def ip(self) -> int:
-        """Input features padded to a multiple of 4 (VNNI's k-group); the input size otherwise."""
-        return -(-self.input_size // 4) * 4 if self.vnni_int8 else self.input_size
+        """Input features padded to a multiple of 4 (VNNI's k-group), of 64 with an AMX body (a tile
+        row of bytes); the input size otherwise."""
+        if not self.vnni_int8:
+            return self.input_size
+        step = 64 if self.amx_from else 4
+        return -(-self.input_size // step) * step
+
+    @property
+    def kq(self) -> int:
+        """The K of int8 R's packing: Hp, padded to a multiple of 64 with an AMX body (a tile row of bytes)."""
+        return -(-self.hp // 64) * 64 if self.vnni_int8 and self.amx_from else self.hp
 
     @property
     def kp(self) -> int:
@@ -156,7 +187,7 @@ def signature(spec: LayerSpec, target: str) -> tuple[Param, ...]:
     if spec.precision != "fp32" and target != "llvm":
         raise ValueError(f"{spec.precision} layer kernels are CPU (llvm) only")
     if target == "llvm" and spec.vnni_int8:  # (.., k-group of 4, [gate,] 16 columns x 4 k): vpdpbusd's B operand
-        weights = {"W": (d, g * hp // LANES, spec.ip // 4, 4 * LANES), "R": (d, hp // LANES, hp // 4, g, 4 * LANES),
+        weights = {"W": (d, g * hp // LANES, spec.ip // 4, 4 * LANES), "R": (d, hp // LANES, spec.kq // 4, g, 4 * LANES),
                    "Bias": (d, g * hp), "Rbn": (d, hp), "P": (d, 3, hp)}
     elif target == "llvm":
         weights = {"W": (d, g * hp // LANES, i, LANES), "R": (d, hp // LANES, hp, g, LANES), "Bias": (d, g * hp),
@@ -175,7 +206,7 @@ def signature(spec: LayerSpec, target: str) -> tuple[Param, ...]:
         params += [Param("Ws", (d, g * hp)), Param("Rs", (d, g * hp))]
         if spec.vnni:
             params += [Param("Wsum", (d, g * hp), "int32"), Param("Rsum", (d, g * hp), "int32")]
-    if spec.amx_from:  # AMX's B operand: k in interleaved pairs, K padded to 32
+    if spec.amx_from and spec.precision == "bf16":  # AMX's B operand: k in interleaved pairs, K padded to 32
         params += [Param("Wa", (d, g * hp // LANES, spec.ip2 // 2, 32), "uint16"),
                    Param("Ra", (d, hp // LANES, spec.kp // 2, g, 32), "uint16")]
     if spec.cell == "gru" and spec.linear_before_reset:  # the new gate's Rb, applied inside r * (R h + Rb)
@@ -218,6 +249,21 @@ def time_index(spec: LayerSpec) -> str:
     return "tt: T.let[T.int64] = seq - 1 - t + d * (2 * t + 1 - seq)"  # (reverse, forward)
 
 
+def item_order(spec: LayerSpec, items: str) -> tuple[list[str], str]:
+    """The lets and the name of the work item that loop index w of a step handles: w itself (no
+    lets: the in-order kernel's code is as it was), or with `spec.chunks`, `wr`:
+    on odd steps w reversed within its chunk of ceil(items / chunks) (TVM's parallel loop gives
+    each of its threads one contiguous chunk). Every item still runs once on each step, so any
+    order is right; this one makes a core start each step with the panels of R it read last,
+    which an LRU cache still holds where R is larger than the core's L2 (a cyclic pass over more
+    than the cache misses on every line)."""
+    if not spec.chunks:
+        return [], "w"
+    return [f"wc: T.let[T.int64] = ({items} + {spec.chunks - 1}) // {spec.chunks}",
+            "ws: T.let[T.int64] = w // wc * wc",
+            f"wr: T.let[T.int64] = T.if_then_else(t % 2 == 1, ws + T.min(ws + wc, {items}) - 1 - w, w)"], "wr"
+
+
 def check(spec: LayerSpec) -> None:
     """Refuse a spec no generator implements (the lowering words the user-facing errors)."""
     assert spec.cell in GATES, spec.cell
@@ -230,7 +276,7 @@ def check(spec: LayerSpec) -> None:
     assert all(a in ACTIVATIONS for a in spec.acts)
     assert spec.batch_tile >= 1 and spec.gemm_rows >= 1
     assert spec.precision in PRECISIONS, spec.precision
-    assert spec.amx_from >= 0 and (not spec.amx_from or spec.precision == "bf16"), spec.amx_from
+    assert spec.amx_from >= 0 and (not spec.amx_from or spec.precision == "bf16" or spec.vnni_int8), spec.amx_from
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +289,12 @@ def check(spec: LayerSpec) -> None:
 # barrier per step), b4 0.084 vs 0.069. So: every batch where a step is large (the widened kernel
 # runs it in parallel even at batch 1, SERIAL_BELOW), else from batch 4.
 SMALL_FROM = 4
+# int8 (tdpbusd) against VNNI's steps, after AMX's projection in both (LSTM, I = H, T 25, medians of
+# interleaved bursts, ms, VNNI vs AMX steps): H512 b1 0.224 vs 0.306, b4 0.589 vs 0.626, b6 0.734 vs
+# 0.730, b8 0.912 vs 0.841, b12 1.28 vs 1.15; H1024 b4 2.34 vs 2.56, b6 2.90 vs 2.90, b8 3.96 vs 3.40;
+# GRU H512 b6 0.571 vs 0.562, b8 0.740 vs 0.708. A step of few rows reads all of R either way, and
+# VNNI's broadcast rows do it with no tile to configure; from 8 rows the tiles' products pay.
+INT8_STEPS_FROM = 8
 # the AMX choice in force while a model is lowered (`building`): "auto" (by `crossover`), "amx"
 # (every batch), None (no AMX body)
 _BUILDING: contextvars.ContextVar[str | None] = contextvars.ContextVar("rnnc_tvm_amx", default=None)
@@ -269,12 +321,19 @@ def resolve(spec: LayerSpec) -> LayerSpec:
 
 
 def crossover(spec: LayerSpec) -> int:
-    """The batch from which the AMX body is faster (measured, see SMALL_FROM)."""
+    """The batch from which the AMX body is faster (measured, see SMALL_FROM and INT8_STEPS_FROM).
+    An int8 layer with large steps takes AMX's projection at every batch and its steps from
+    INT8_STEPS_FROM (`amx.projection_always`)."""
     below = SERIAL_BELOW if spec.serial_below < 0 else spec.serial_below
-    return 1 if spec.gates * spec.hp * spec.hp >= below else SMALL_FROM
+    large = spec.gates * spec.hp * spec.hp >= below
+    if spec.precision == "int8":
+        return INT8_STEPS_FROM if large else SMALL_FROM
+    return 1 if large else SMALL_FROM
 
 
 def eligible(spec: LayerSpec) -> bool:
-    """bf16 with one product per step into XP: not GRU's r-before-R (two phases), nor sequence_lens
-    (each row its own step: the tiles' rows would not be one step's rows of XP)."""
-    return spec.precision == "bf16" and not (spec.cell == "gru" and not spec.linear_before_reset) and not spec.seq_lens
+    """bf16, or int8 on VNNI (AMX's tdpbusd takes the same weight layout), with one product per step
+    into XP: not GRU's r-before-R (two phases), nor sequence_lens (each row its own step: the tiles'
+    rows would not be one step's rows of XP)."""
+    return ((spec.precision == "bf16" or spec.vnni_int8) and not (spec.cell == "gru" and not spec.linear_before_reset)
+            and not spec.seq_lens)
