@@ -158,18 +158,28 @@ def history(history: str, model: str | None = None, out_dir: str | Path | None =
 
 
 def bench(source: str | Path, target: str = "cpu", backends: Sequence[str] | None = None, *,
-          render_report: bool = True, history: str | None = None, **options: Any) -> dict[str, Any]:
+          render_report: bool = True, history: str | None = None, cluster: str | None = None,
+          on: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
     """`rnnc bench`: the sweep (`rnnc.bench.run_bench`, whose keyword options these are), then the
     rendered report beside report.json, then (with `history`, a path or an SQLAlchemy URL) the
     report appended to that history. Returns the report with `exit_code` and `written`.
-    `stream=True` (and `chunk_ms`) is `rnnc bench --stream [--chunk-ms MS]`."""
+    `stream=True` (and `chunk_ms`) is `rnnc bench --stream [--chunk-ms MS]`. `cluster` (a Ray
+    address, or `local`) runs the sweep on a fleet (`rnnc.bench.fleet`), on the machine classes
+    `on` picks (`--on "cpu=*EPYC*,gpu=H100"`); there `threads="all"` means each node's cores."""
+    if on and cluster is None:
+        raise UserError("--on picks machine classes of a cluster: give --cluster ADDRESS too")
     if history is not None:
         from rnnc import history as runs
         from rnnc.records.report import load_report
 
         runs.check_reachable(history)  # a bad URL is refused before the sweep, not after it
-    report = run_bench(source, target, list(backends) if backends is not None else list(targets.names()),
-                       **options)
+    backends = list(backends) if backends is not None else list(targets.names())
+    if cluster is not None:
+        from rnnc.bench.fleet import run_cluster
+
+        report = run_cluster(source, target, backends, cluster_address=cluster, on=list(on or []), **options)
+    else:
+        report = run_bench(source, target, backends, **options)
     if render_report:  # an A/B bench is rendered side by side with its other half
         path = Path(report["report_path"])
         against = path.parent / report["ab"]["against"] if report.get("ab") else None

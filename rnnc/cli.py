@@ -147,7 +147,27 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="time each call as one chunk of seq-len steps, the state carried from the call before")
     p.add_argument("--chunk-ms", type=_positive("--chunk-ms"), metavar="MS",
                    help="with --stream: the real time one chunk stands for, for the real-time factor (rtf)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the sweep on a Ray cluster: local (started here for the run), auto, HOST:PORT or "
+                        "ray://HOST:PORT (pip install 'rnnc[cluster]')")
+    p.add_argument("--on", action="append", metavar="KEY=PATTERN,...",
+                   help="with --cluster: the machine classes to sweep, e.g. \"cpu=*EPYC*,gpu=H100\" "
+                        "(keys cpu, isa, gpu, class; repeat --on for more classes)")
     p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("node", help="join this machine to a Ray cluster as a bench node (wraps ray start)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", help="the cluster's head, HOST:PORT")
+    where.add_argument("--head", action="store_true", help="start a new cluster with this machine as its head")
+    p.add_argument("--class", dest="machine_class", metavar="NAME",
+                   help="this node's machine class (default: one named after its CPU, ISA and GPU)")
+    p.add_argument("--name", help="the node's name in reports (default: the host name)")
+    p.add_argument("--slots", type=int, default=1, help="bench slots (default 1: one bench at a time)")
+    p.add_argument("--print", dest="print_only", action="store_true",
+                   help="print the ray start command instead of running it")
+    p.add_argument("ray_args", nargs="*", metavar="-- RAY_START_ARGS",
+                   help="more ray start flags, after --, e.g. -- --num-cpus 8")
+    p.set_defaults(handler=_node)
 
     p = sub.add_parser("report", help="render Markdown and HTML with plots from a report")
     p.add_argument("report")
@@ -291,12 +311,15 @@ def _bench(args: argparse.Namespace) -> int:
     backends = targets.parse_backends(args.backends)
     threads = {"all": host.cpu_count(), "default": None}.get(args.threads) if args.threads in ("all", "default") \
         else _int_list("--threads")(args.threads)[0]
+    fleet = {"cluster": args.cluster, "on": args.on}
+    if args.cluster is not None and args.threads == "all":
+        threads = "all"  # each node's own cores, counted there
     report = api.bench(args.spec, args.target or "cpu", backends, seq_lens=args.seq_lens,
                        batch_sizes=args.batch_sizes, out_dir=Path(args.out) if args.out else None,
                        resume=args.resume, check=args.check, progress=_progress(), threads=threads,
                        shapes=_shapes(args), against=args.against, history=args.history,
                        revision=args.revision or (_revision() if args.history else None),
-                       stream=args.stream, chunk_ms=args.chunk_ms, **_model_options(args))
+                       stream=args.stream, chunk_ms=args.chunk_ms, **fleet, **_model_options(args))
     print(results_table(report))
     for path in report.get("written", []):
         print(f"wrote {path}")
@@ -305,6 +328,25 @@ def _bench(args: argparse.Namespace) -> int:
 
         print(f"recorded as run #{report['history_run']} in {describe(args.history)}")
     return int(report["exit_code"])
+
+
+def _node(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    from rnnc import host
+    from rnnc.bench import cluster
+
+    if args.slots < 1:
+        raise UserError(f"--slots: must be >= 1, got {args.slots}")
+    command = cluster.start_command(None if args.head else args.address, args.name,
+                                    host.machine_class(args.machine_class), args.slots, args.ray_args)
+    print(shlex.join(command))
+    if args.print_only:
+        return 0
+    cluster.import_ray()  # the one line naming the extra, rather than "ray: command not found"
+    beside = Path(sys.executable).with_name("ray")  # the ray of this environment, activated or not
+    return subprocess.call([str(beside) if beside.is_file() else "ray", *command[1:]])
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -1,9 +1,20 @@
-"""What machine and libraries a result came from: recorded in manifests and reports."""
+"""What machine and libraries a result came from: recorded in manifests and reports.
+
+A fleet sweep (`rnnc bench --cluster`) places its jobs by `MachineClass`: what a node is (CPU
+model, the instruction sets our kernels care about, GPU model), carried as Ray node labels that
+`rnnc node` sets when the node joins, so that rows measured on like machines are compared only
+with each other.
+"""
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 import platform
+import re
+import socket
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -99,3 +110,87 @@ def memory_bytes() -> int:
         if 0 < value < (total or value + 1):
             total = value
     return max(total, 0)
+
+
+LABEL = "rnnc."  # the prefix of the Ray node labels rnnc sets and reads
+CLASS_KEYS = ("cpu", "isa", "gpu", "class")  # what `--on key=pattern` may name
+_ISA_TAGS = (("avx2", "avx2"), ("avx512f", "avx512"), ("avx512_vnni", "vnni"), ("avx512_bf16", "bf16"),
+             ("amx_tile", "amx"))
+_MAX_LABEL = 63  # Ray node labels follow Kubernetes': at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends
+
+
+def label_value(text: str) -> str:
+    """`text` as a Ray label value: "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz" becomes
+    "Intel-Xeon-Platinum-8481C-CPU-2.70GHz" (trademarks dropped, every other run of characters
+    a label cannot hold one dash); a name too long keeps its start and a hash of the whole."""
+    slug = _spell(text).strip("-_.")
+    if len(slug) > _MAX_LABEL:
+        digest = hashlib.sha256(slug.encode()).hexdigest()[:8]
+        slug = slug[:_MAX_LABEL - 9].rstrip("-_.") + "-" + digest
+    return slug or "unknown"
+
+
+@dataclass(frozen=True)
+class MachineClass:
+    """What a node is, as its labels say: `cpu` and `gpu` label-safe model names ("none": no GPU),
+    `isa` the extensions that change what our kernels do (avx2, avx512, vnni, bf16, amx; "none"),
+    and `name`, the class's id: the operator's own (`rnnc node --class skylake`) or one made of
+    the other three. Rows and histories name a class by its `name`."""
+
+    cpu: str
+    isa: str
+    gpu: str
+    name: str
+
+    @staticmethod
+    def of(cpu_model: str, isa: list[str], gpu_model: str | None, name: str | None = None) -> MachineClass:
+        tags = "-".join(tag for flag, tag in _ISA_TAGS if flag in isa) or "none"
+        cpu, gpu = label_value(cpu_model), label_value(gpu_model) if gpu_model else "none"
+        made = "_".join([cpu, tags] + ([gpu] if gpu != "none" else []))
+        return MachineClass(cpu, tags, gpu, label_value(name) if name else label_value(made))
+
+    def labels(self) -> dict[str, str]:
+        """The Ray node labels of a node of this class (`ray start --labels`)."""
+        return {f"{LABEL}{key}": value for key, value in
+                (("class", self.name), ("cpu", self.cpu), ("isa", self.isa), ("gpu", self.gpu))}
+
+    @staticmethod
+    def from_labels(labels: dict[str, str]) -> MachineClass | None:
+        """The class a node's labels give; None for a node that rnnc did not label."""
+        values = [labels.get(f"{LABEL}{key}") for key in ("cpu", "isa", "gpu", "class")]
+        return None if any(v is None for v in values) else MachineClass(*values)
+
+    def field(self, key: str) -> str:
+        return self.name if key == "class" else getattr(self, key)
+
+    def matches(self, patterns: dict[str, list[str]]) -> bool:
+        """Whether every key's patterns (alternatives) match: fnmatch, case-insensitive, after the
+        same spelling a label has ("Xeon(R) Gold*" is "Xeon-Gold*"); a pattern without a wildcard
+        matches anywhere in the value (`gpu=H100` matches "NVIDIA-H100-80GB-HBM3")."""
+        return all(any(_match(self.field(key), p) for p in alternatives) for key, alternatives in patterns.items())
+
+    def describe(self) -> str:
+        return f"cpu={self.cpu}, isa={self.isa}, gpu={self.gpu}"
+
+
+def _match(value: str, pattern: str) -> bool:
+    parts = re.split(r"([*?\[\]])", pattern)
+    spelled = "".join(p if p in "*?[]" and p else _spell(p) for p in parts)
+    if not any(c in spelled for c in "*?["):
+        spelled = f"*{spelled}*"
+    return fnmatch.fnmatchcase(value.lower(), spelled.lower())
+
+
+def _spell(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", re.sub(r"\((R|TM|C)\)", "", text, flags=re.I))
+
+
+def machine_class(name: str | None = None) -> MachineClass:
+    """This machine's class (`name`: the operator's own id for it)."""
+    found = cpu()
+    return MachineClass.of(str(found["model"]), list(found["isa"]), gpu(), name)
+
+
+def node_name() -> str:
+    """How rows name a node by default: its host name."""
+    return label_value(socket.gethostname())

@@ -61,3 +61,45 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_fleet():
+    """A real Ray cluster on this machine for the fleet tests (`rnnc bench --cluster`), one per test
+    process: a head with no bench slot and two bench nodes of classes `a` and `b` (raylets of
+    this host, one CPU and one bench slot each, labelled as `rnnc node` labels them). Tests that
+    kill nodes add their own. Its processes end with the session. Tests using it belong to the
+    xdist group "ray", so that one process runs them all, one at a time."""
+    pytest.importorskip("ray", reason="the fleet tests need Ray: pip install -e '.[cluster]'")
+    from ray.cluster_utils import Cluster
+
+    # a lost node is declared dead after 1 s of failed health checks, not Ray's default 15 s or more
+    health = {"health_check_period_ms": 500, "health_check_failure_threshold": 2, "health_check_timeout_ms": 500}
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False,
+                                                                _system_config=health))
+    fleet = RayFleet(cluster, {})
+    try:
+        for name, machine in (("a1", "a"), ("b1", "b")):
+            fleet.add(name, machine)
+        yield fleet
+    finally:
+        cluster.shutdown()
+
+
+class RayFleet:
+    """The test cluster: its address, and bench nodes added and killed by name."""
+
+    def __init__(self, cluster: Any, nodes: dict[str, Any]) -> None:
+        self.cluster, self.nodes = cluster, nodes
+        self.address = cluster.address
+
+    def add(self, name: str, machine: str) -> None:
+        from rnnc import host
+        from rnnc.bench.cluster import NODE_LABEL, SLOT
+
+        labels = host.machine_class(machine).labels() | {NODE_LABEL: name}
+        self.nodes[name] = self.cluster.add_node(num_cpus=1, resources={SLOT: 1}, labels=labels)
+
+    def kill(self, name: str) -> None:
+        """The node's raylet and workers killed outright, as a lost machine."""
+        self.cluster.remove_node(self.nodes.pop(name), allow_graceful=False)

@@ -65,13 +65,18 @@ def sweep_shapes(
 def fingerprint(model: Model) -> str:
     """What makes two reports comparable: the spec without its default shapes, or the graph."""
     if model.source.get("kind") == "spec":
-        spec = {k: v for k, v in model.source["spec"].items() if k != "shapes"}
-        data = json.dumps(spec, sort_keys=True).encode()
-    elif model.onnx is not None:
+        return spec_fingerprint(model.source["spec"])
+    if model.onnx is not None:
         data = model.onnx.SerializeToString(deterministic=True)
     else:  # a TorchScript model with no ONNX graph: the file and what was bound
         file = model.origin.read_bytes() if model.origin is not None else b""
         data = file + json.dumps(model.source.get("bind"), sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def spec_fingerprint(spec: dict[str, Any]) -> str:
+    """A spec model's fingerprint from its normalised spec alone, without building the model."""
+    data = json.dumps({k: v for k, v in spec.items() if k != "shapes"}, sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()[:16]
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -82,9 +82,9 @@ def run_bench(
     """
     targets.check_target(target)
     streamed = streaming.check_options(stream, chunk_ms)
-    _check_sizes("--seq-lens", seq_lens)
-    _check_sizes("--batch-sizes", batch_sizes)
-    backends = _check_backends(backends)
+    check_sizes("--seq-lens", seq_lens)
+    check_sizes("--batch-sizes", batch_sizes)
+    backends = check_backends(backends)
     settings = settings or measure.Settings()
     sources = resolve_sources(Path(source))
     out_dir = Path(out_dir) if out_dir is not None else default_out(Path(source), sources, target)
@@ -96,7 +96,7 @@ def run_bench(
                             "rerun it whole")
         old_dirs = ab.resolve(Path(against))
     with runtime_threads.kept_torch_threads():
-        report = _start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force,
+        report = start_report(out_dir / REPORT, resume, target, settings, check, extra_work, threads, in_force,
                                streamed)
         if revision:
             report["environment"]["revision"] = revision
@@ -141,13 +141,13 @@ def _sweep_all(report: dict[str, Any], report_path: Path, sources: list[Source],
                      check, extra_work, seed, bar, threads, old, streamed)
     bar.close()
     report["finished"] = True
-    _save(report_path, report)
+    save(report_path, report)
     if pair is not None:
         pair[0]["finished"] = True
-        _save(old_path, pair[0])
+        save(old_path, pair[0])
 
 
-def _save(path: Path, report: dict[str, Any]) -> None:
+def save(path: Path, report: dict[str, Any]) -> None:
     """report.json rewritten after each row; out of disk space, the sweep stops with one line and the
     file keeps every row finished before (the write is atomic), for `--resume` to complete."""
     try:
@@ -179,7 +179,7 @@ def exit_code(report: dict[str, Any]) -> int:
     return 0
 
 
-def _check_sizes(flag: str, values: list[int] | None) -> None:
+def check_sizes(flag: str, values: list[int] | None) -> None:
     if values is None:
         return
     if not values or any(not isinstance(v, (int, np.integer)) or v < 1 for v in values):
@@ -187,15 +187,18 @@ def _check_sizes(flag: str, values: list[int] | None) -> None:
         raise UserError(f"{flag}: every value must be an integer >= 1, got {shown}")
 
 
-def _check_backends(backends: Sequence[str]) -> list[str]:
+def check_backends(backends: Sequence[str]) -> list[str]:
     if not backends:
         raise UserError("--backends: no backend selected")
     return targets.parse_backends(",".join(backends))
 
 
-def _start_report(path: Path, resume: bool, target: str, settings: measure.Settings, check: bool,
-                  extra: dict[str, float] | None, threads: int | None, in_force: dict[str, Any],
-                  streamed: streaming.Options | None = None) -> dict[str, Any]:
+def start_report(path: Path, resume: bool, target: str, settings: measure.Settings, check: bool,
+                  extra: dict[str, float] | None, threads: int | str | None, in_force: dict[str, Any] | None,
+                  streamed: streaming.Options | None = None, fleet: bool = False) -> dict[str, Any]:
+    """A new report (this machine's environment and roof), or under `resume` the one at `path`
+    when it was measured as this run will be. A fleet's driver (`fleet`, `in_force` None) records
+    no threads or roof of its own: each node's are in the report's `cluster.nodes`."""
     record = dict(asdict(settings), check=check, threads=threads)
     if streamed is not None:  # a plain report's settings stay as they were
         record.update(stream=True, chunk_ms=streamed.chunk_ms)
@@ -212,16 +215,22 @@ def _start_report(path: Path, resume: bool, target: str, settings: measure.Setti
         now = _stream_flags(streamed is not None, streamed.chunk_ms if streamed else None)
         if was != now:  # a report holds one kind of row: stream rows come only from --stream runs
             raise UserError(f"{path}: --resume of a report measured {was}, now {now}: a report holds one kind of row")
+        if bool(report.get("cluster")) != fleet:
+            was, now = (("with", "without") if report.get("cluster") else ("without", "with"))
+            raise UserError(f"{path}: --resume of a report measured {was} --cluster, {now} it now: "
+                            f"a report holds the rows of one kind of run")
         report["finished"] = False
         report.setdefault("resumed", []).append(record)
     else:
         environment = host.environment()
-        environment["threads"] = in_force
+        if in_force is not None:
+            environment["threads"] = in_force
         report = schema.new_report(target, environment, record)
         report["calibration"]["workload"] = measure.CALIBRATION
     if extra:
         report["test_extra_work"] = dict(extra)
-    report["environment"].setdefault("roof", roof.measured(in_force["torch_intra_op"]).to_json())
+    if in_force is not None:
+        report["environment"].setdefault("roof", roof.measured(in_force["torch_intra_op"]).to_json())
     return report
 
 
@@ -241,20 +250,29 @@ def _relative(path: Path, start: Path) -> str:
 
 def _record_model(report: dict[str, Any], model: Model, manifest: Manifest, model_dir: Path,
                   path: Path, report_dir: Path) -> None:
-    fp = fingerprint(model)
-    previous = report["models"].get(model.name)
-    if previous is not None and previous.get("fingerprint") != fp:
-        raise UserError(f"model {model.name!r} from {path} differs from the one already in the report "
+    record = dict(model_record(model, manifest), source=str(path), dir=_relative(model_dir, report_dir))
+    add_model(report, model.name, record)
+
+
+def add_model(report: dict[str, Any], name: str, record: dict[str, Any]) -> None:
+    """Record a model in the report; one of the same name from another spec is refused."""
+    previous = report["models"].get(name)
+    if previous is not None and previous.get("fingerprint") != record.get("fingerprint"):
+        raise UserError(f"model {name!r} from {record.get('source')} differs from the one already in the report "
                         f"(from {previous.get('source')}): use another --out, or rename one of them")
+    report["models"][name] = record
+
+
+def model_record(model: Model, manifest: Manifest) -> dict[str, Any]:
+    """What the report keeps of a compiled model: its fingerprint, spec, inputs and outputs, and
+    each backend's build (status, time, size, verification error), in table order."""
     build = {}
     for name, b in sorted(manifest.backends.items(), key=lambda kv: targets.sort_key(kv[0])):
         build[name] = {"status": b.status, "reason": b.reason, "build_time_s": b.build_time_s,
                        "artifact_bytes": b.artifact_bytes, "precision": b.precision,
                        "rel_err": b.verification.rel_err if b.verification else None}
-    report["models"][model.name] = {
-        "fingerprint": fp, "source": str(path), "dir": _relative(model_dir, report_dir),
-        "spec": model.source.get("spec"), "io": manifest.io.model_dump(mode="json"), "backends": build,
-    }
+    return {"fingerprint": fingerprint(model), "spec": model.source.get("spec"),
+            "io": manifest.io.model_dump(mode="json"), "backends": build}
 
 
 def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manifest: Manifest,
@@ -263,20 +281,64 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
                  bar: SweepProgress, threads: int | None,
                  old: ab.OldSide | None = None, streamed: streaming.Options | None = None) -> None:
     mode = None if streamed is None else "stream"
-    have = {schema.row_key(r) for r in report["rows"]}
-    todo = {(b, s): [n for n in backends if schema.key_of(model.name, n, b, s, mode) not in have] for b, s in shapes}
+    todo = missing(model.name, backends, shapes, {schema.row_key(r) for r in report["rows"]}, mode)
     bar.skip(sum(len(backends) - len(v) for v in todo.values()))
+    for done in shape_rows(report, report_path.parent, model, manifest, model_dir, target, backends, todo,
+                           settings, check, extra_work, seed, bar, threads, old, streamed):
+        report["rows"] += [r.to_json() for r in done.rows]
+        report["rows"].sort(key=row_order(report))
+        save(report_path, report)
+        if old is not None:
+            old.report["rows"] += [r.to_json() for r in done.old_rows]
+            old.report["rows"].sort(key=row_order(old.report))
+            save(old.path, old.report)
+        bar.measured(done.count, done.seconds)
+    bar.show(f"{model.name} done")
+
+
+def missing(model: str, backends: list[str], shapes: list[tuple[int, int]], have: set[schema.RowKey],
+            mode: str | None = None, machine: str | None = None) -> dict[tuple[int, int], list[str]]:
+    """The backends each (batch, seq) still needs: those whose row is not among `have`."""
+    return {(b, s): [n for n in backends if schema.key_of(model, n, b, s, mode, machine) not in have]
+            for b, s in shapes}
+
+
+@dataclass(frozen=True)
+class ShapeDone:
+    """One (batch, seq) of a model measured: its finished rows (the old side's, of an A/B bench),
+    how many rows it stands for and how long it took."""
+
+    batch: int
+    seq: int
+    rows: tuple[Row, ...]
+    old_rows: tuple[Row, ...]
+    count: int
+    seconds: float
+
+
+def shape_rows(report: dict[str, Any], work_dir: Path, model: Model, manifest: Manifest, model_dir: Path,
+               target: str, backends: list[str], todo: dict[tuple[int, int], list[str]],
+               settings: measure.Settings, check: bool, extra_work: dict[str, float], seed: int,
+               bar: SweepProgress, threads: int | None, old: ab.OldSide | None = None,
+               streamed: streaming.Options | None = None) -> Iterator[ShapeDone]:
+    """The rows of `todo`, one shape at a time, every backend interleaved on the same inputs, each
+    shape's rows as soon as they are done: what a one-machine sweep saves after every shape and a
+    fleet's node (`rnnc.bench.job`) sends back to the driver. Calibration samples go to `report`,
+    and the rows' roofline figures come from its environment's roof. A generative model's
+    one-step twin is compiled into `work_dir`."""
+    mode = None if streamed is None else "stream"
     needed = {n for names in todo.values() for n in names}
     runners, not_run = _load_runners(manifest, model_dir, backends, needed, target, threads)
     if runners and streaming.generation_steps(model) and model.spec is not None:  # first_step_ms
-        twin_dir, names = report_path.parent / f"{model.name}-first-step", sorted(runners)
+        twin_dir, names = work_dir / f"{model.name}-first-step", sorted(runners)
         twin = first_step_twin(model, target, names, twin_dir, threads,
-                                         lambda: bar.show(f"{model.name}: compiling its one-step twin"))
+                               lambda: bar.show(f"{model.name}: compiling its one-step twin"))
         for name, runner in _load_runners(twin, twin_dir, names, set(names), target, threads)[0].items():
             runners[name].bind_first_step = runner.bind
     if old is not None:
         old.runners, old.not_run = _load_runners(old.manifest, old.model_dir, backends, needed, target, threads)
     calibration = measure.calibration_workload()
+    machine = roof.Roof.from_json(report["environment"].get("roof"))
     for (batch, seq), names in todo.items():
         if not names:
             continue
@@ -287,22 +349,17 @@ def _sweep_model(report: dict[str, Any], report_path: Path, model: Model, manife
         measured = _measure_shape(model, {n: runners[n] for n in names if n in runners} | old_runners, batch,
                                   seq, settings, check, extra_work, seed, calibration, report, streamed)
         rows += [r for r in measured if not r.backend.endswith(ab.SUFFIX)]
-        machine, work = roof.Roof.from_json(report["environment"].get("roof")), _work(model, batch, seq)
-        report["rows"] += [roof.with_roof(_with_precision(r, manifest), work, machine).to_json() for r in rows]
-        report["rows"].sort(key=_row_order(report))
-        _save(report_path, report)
+        work = _work(model, batch, seq)
+        finished = tuple(roof.with_roof(_with_precision(r, manifest), work, machine) for r in rows)
+        old_rows: tuple[Row, ...] = ()
         if old is not None:
-            old_rows = [_not_run_row(model.name, n, batch, seq, *old.not_run[n], mode=mode)
-                        for n in names if n in old.not_run]
-            old_rows += [r.model_copy(update={"backend": r.backend.removesuffix(ab.SUFFIX)}) for r in measured
-                         if r.backend.endswith(ab.SUFFIX)]
+            olds = [_not_run_row(model.name, n, batch, seq, *old.not_run[n], mode=mode)
+                    for n in names if n in old.not_run]
+            olds += [r.model_copy(update={"backend": r.backend.removesuffix(ab.SUFFIX)}) for r in measured
+                     if r.backend.endswith(ab.SUFFIX)]
             old_work = _work(old.model, batch, seq)
-            old.report["rows"] += [roof.with_roof(_with_precision(r, old.manifest), old_work, machine).to_json()
-                                   for r in old_rows]
-            old.report["rows"].sort(key=_row_order(old.report))
-            _save(old.path, old.report)
-        bar.measured(len(names), time.perf_counter() - started)
-    bar.show(f"{model.name} done")
+            old_rows = tuple(roof.with_roof(_with_precision(r, old.manifest), old_work, machine) for r in olds)
+        yield ShapeDone(batch, seq, finished, old_rows, len(names), time.perf_counter() - started)
 
 
 def _load_runners(manifest: Manifest, model_dir: Path, backends: list[str], needed: set[str], target: str,
@@ -370,7 +427,7 @@ def _measure_shape(model: Model, runners: dict[str, Any], batch: int, seq: int, 
     if not funcs:
         return rows
     results, cal = measure.measure_interleaved(funcs, settings, calibration)
-    _add_calibration(report, cal.samples_ms or cal.preempted_ms)
+    add_calibration(report["calibration"], cal.samples_ms or cal.preempted_ms)
     for name in (n for n in results if n in runners):
         row = _timed_row(model.name, name, batch, seq, results[name], settings, checks.get(name),
                          extra_work.get(name))
@@ -437,13 +494,14 @@ def _with_precision(row: Row, manifest: Manifest) -> Row:
     return row.model_copy(update={"precision": record.precision if record else manifest.precision})
 
 
-def _add_calibration(report: dict[str, Any], samples: list[float]) -> None:
-    cal = report["calibration"]
+def add_calibration(cal: dict[str, Any], samples: list[float]) -> None:
+    """Calibration samples added to a report's (or a node's) record, its summary updated."""
     cal["samples_ms"] = cal.get("samples_ms", []) + [round(v, 6) for v in samples]
     if cal["samples_ms"]:
         cal.update({k: round(v, 6) for k, v in stats.summarize(cal["samples_ms"]).items()})
 
 
-def _row_order(report: dict[str, Any]):  # noqa: ANN202
+def row_order(report: dict[str, Any]):  # noqa: ANN202
     models = {name: i for i, name in enumerate(report["models"])}
-    return lambda r: (models.get(r["model"], 99), targets.sort_key(r["backend"]), r["batch_size"], r["seq_len"])
+    return lambda r: (models.get(r["model"], 99), r.get("machine") or "", targets.sort_key(r["backend"]),
+                      r["batch_size"], r["seq_len"])

@@ -10,8 +10,11 @@ that `pip install 'rnnc[postgres]'` brings). Tables, SQLAlchemy Core:
 - `rnnc_rows`: the report's rows, the numbers a trend needs as columns (median, quartiles, cv),
   and the row's `mode` (`stream`; NULL for a plain row), part of its key as in report.json.
 
-Schema versions: 1, the first; 2 adds `rnnc_rows.mode`. A version 1 history is read as it is (its
-rows are plain) and upgraded in place by the next append, in the append's transaction.
+Schema versions: 1, the first; 2 adds `rnnc_rows.mode`; 3 adds `rnnc_rows.machine`, the machine
+class of a row measured on a fleet (`rnnc bench --cluster`), part of its key, so that a row is
+judged against its own class's runs only. An older history is read as it is (its rows are plain,
+of one machine) and upgraded in place by the next append, in the append's transaction. A fleet's
+`--threads all` (every core of each node) is recorded as threads 0.
 
 Each append is one transaction: a killed bench leaves the run recorded or absent, never half of
 it (SQLite's DDL included: the driver's own implicit transactions are switched off for that).
@@ -36,7 +39,8 @@ from rnnc import stats
 from rnnc.errors import UserError
 from rnnc.records.report import RowKey, key_of, upgrade, validate_report
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+ALL_THREADS = 0  # `threads: "all"` of a fleet report: every core of the node that ran each row
 POSTGRES_EXTRA = "pip install 'rnnc[postgres]'"
 CONNECT_TIMEOUT_S = 3
 _LOCK_KEY = 0x726E6E63  # "rnnc": the advisory lock appends to a PostgreSQL history take in turn
@@ -71,6 +75,7 @@ _rows = sa.Table("rnnc_rows", _metadata,
                  sa.Column("cv", sa.Float),
                  sa.Column("n_samples", sa.Integer, nullable=False),
                  sa.Column("mode", sa.String(16)),  # schema 2: "stream"; NULL for a plain row
+                 sa.Column("machine", sa.String(255)),  # schema 3: the row's machine class on a fleet; NULL else
                  sa.Index("ix_rnnc_rows_key", "model", "backend", "batch_size", "seq_len"))
 _TABLES = {t.name for t in _metadata.sorted_tables}
 # drivers SQLAlchemy may ask for, and the package that brings each
@@ -94,10 +99,11 @@ class HistoryRow:
     cv: float | None
     n_samples: int
     mode: str | None = None  # "stream" for a stream row, as report.json's rows
+    machine: str | None = None  # the machine class of a fleet's row, as report.json's rows
 
     @property
     def key(self) -> RowKey:
-        return key_of(self.model, self.backend, self.batch_size, self.seq_len, self.mode)
+        return key_of(self.model, self.backend, self.batch_size, self.seq_len, self.mode, self.machine)
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ class HistoryRun:
     recorded_at: str
     revision: str | None
     target: str
-    threads: int | None
+    threads: int | str | None  # "all": a fleet's every core of each node
     cpu: str | None
     calibration_ms: float | None
     fingerprints: dict[str, str]
@@ -135,7 +141,8 @@ def append(history: str, report: dict[str, Any], *, recorded_at: datetime | None
     threads = (report.get("settings") or {}).get("threads")
     run = {"recorded_at": when.isoformat(timespec="seconds"),
            "revision": _text(env.get("revision") or env.get("git")),
-           "target": str(report["target"]), "threads": threads if isinstance(threads, int) else None,
+           "target": str(report["target"]),
+           "threads": threads if isinstance(threads, int) else ALL_THREADS if threads == "all" else None,
            "cpu": _text(cpu.get("model")), "calibration_ms": calibration_ms,
            "calibration_workload": _text(calibration.get("workload")),
            "report": json.dumps(report, default=str)}
@@ -147,7 +154,7 @@ def append(history: str, report: dict[str, Any], *, recorded_at: datetime | None
              "median_ms": r.get("median_ms"), "q1_ms": r.get("q1_ms"), "q3_ms": r.get("q3_ms"),
              "cv": r.get("cv"),
              "n_samples": 0 if r.get("has_samples") is False else len(r.get("samples_ms") or []),
-             "mode": r.get("mode")}
+             "mode": r.get("mode"), "machine": r.get("machine")}
             for r in report["rows"]]
     with _session(history, write=True) as (conn, where, sqlite):
         if conn.dialect.name == "postgresql":  # one append at a time: two first ones would both create
@@ -175,7 +182,7 @@ def load(history: str, model: str | None = None) -> list[HistoryRun]:
     model, and only those rows. An empty history is an empty list."""
     with _session(history, write=False) as (conn, where, sqlite):
         version = _check_schema(conn, where, sqlite, create=False)
-        skip = {"id"} | ({"mode"} if version < 2 else set())  # a version 1 history has no mode column
+        skip = {"id"} | ({"mode"} if version < 2 else set()) | ({"machine"} if version < 3 else set())
         query = sa.select(*[c for c in _rows.c if c.name not in skip]).order_by(_rows.c.run_id, _rows.c.id)
         if model is not None:
             query = query.where(_rows.c.model == model)
@@ -194,10 +201,12 @@ def load(history: str, model: str | None = None) -> list[HistoryRun]:
             continue
         found.append(HistoryRun(
             run_id=run.id, recorded_at=run.recorded_at, revision=run.revision, target=run.target,
-            threads=run.threads, cpu=run.cpu, calibration_ms=run.calibration_ms,
+            threads="all" if run.threads == ALL_THREADS else run.threads, cpu=run.cpu,
+            calibration_ms=run.calibration_ms,
             fingerprints={r.model: r.fingerprint for r in rows if r.fingerprint is not None},
             rows=tuple(HistoryRow(r.model, r.backend, r.batch_size, r.seq_len, r.precision, r.status, r.median_ms,
-                                  r.q1_ms, r.q3_ms, r.cv, r.n_samples, getattr(r, "mode", None))
+                                  r.q1_ms, r.q3_ms, r.cv, r.n_samples, getattr(r, "mode", None),
+                                  getattr(r, "machine", None))
                        for r in rows)))
     return found
 
@@ -376,6 +385,8 @@ def _upgrade(conn: sa.engine.Connection, version: int) -> None:
     """An older history's tables brought to `SCHEMA_VERSION`, one version at a time."""
     if version < 2:
         conn.execute(sa.text("ALTER TABLE rnnc_rows ADD COLUMN mode VARCHAR(16)"))
+    if version < 3:
+        conn.execute(sa.text("ALTER TABLE rnnc_rows ADD COLUMN machine VARCHAR(255)"))
     conn.execute(_meta.update().where(_meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
 

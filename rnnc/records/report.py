@@ -12,10 +12,15 @@ around the rows stays plain JSON data: the renderer and the gate read it as such
 - 4: optional keys of where a row stands against the machine (`gflops`, `roof_fraction`,
   `r_bytes_per_step`, `bw_fraction`, `bw_level`; `rnnc.bench.roof`) and the environment's `roof`;
   a version 3 report is a version 4 one without them.
+- 5: optional keys of a row measured on a fleet (`rnnc bench --cluster`): the `node` that ran it
+  and its `machine` class (`rnnc.host.MachineClass`), and the report's `cluster` (its classes,
+  nodes with their environments, and the log of its jobs); a version 4 report is a version 5 one
+  without them.
 
-A row's key is (model, backend, batch size, sequence length), and the mode after them for a row
-that is not a plain call (`stream`): a stream row and a plain row of the same shape are different
-measurements, so resume, the gate and a history never take one for the other.
+A row's key is (model, backend, batch size, sequence length), then the mode for a row that is
+not a plain call (`stream`), then `@class` for a row measured on a machine class: a stream row and
+a plain row of the same shape, or rows of two machine classes, are different measurements, so
+resume, the gate and a history never take one for the other.
 """
 from __future__ import annotations
 
@@ -31,9 +36,10 @@ from rnnc.errors import UserError
 from rnnc.records.manifest import PRECISIONS
 
 FORMAT = "rnnc-bench-report"
-VERSION = 4
-# model, backend, batch size, sequence length (the chunk length of a stream row), and a mode if not plain
-RowKey = Union[tuple[str, str, int, int], tuple[str, str, int, int, str]]
+VERSION = 5
+# model, backend, batch size, sequence length (the chunk length of a stream row), a mode if not
+# plain, "@class" if measured on a fleet
+RowKey = Union[tuple[str, str, int, int], tuple[str, str, int, int, str], tuple[str, str, int, int, str, str]]
 
 STREAM_KEYS = ("chunks_per_s", "chunk_ms", "rtf", "bind_ms", "chunk_calls", "state_resets")
 GENERATION_KEYS = ("ms_per_step", "steps_per_s", "first_step_ms")
@@ -93,6 +99,9 @@ class Row(BaseModel):
     r_bytes_per_step: Optional[int] = None  # the recurrent weights R one step reads, at the row's precision
     bw_fraction: Optional[float] = None  # time to read R per call at bw_level's bandwidth / median_ms
     bw_level: Optional[Literal["L2", "L3", "memory"]] = None  # the level R fits in
+    # a fleet sweep (`rnnc bench --cluster`): where the row was measured
+    node: Optional[str] = None  # the node's name (its environment is in the report's cluster.nodes)
+    machine: Optional[str] = None  # the node's machine class (`MachineClass.name`)
 
     @model_validator(mode="after")
     def _complete(self) -> Row:
@@ -126,28 +135,33 @@ class Row(BaseModel):
 
     @property
     def key(self) -> RowKey:
-        return key_of(self.model, self.backend, self.batch_size, self.seq_len, self.mode)
+        return key_of(self.model, self.backend, self.batch_size, self.seq_len, self.mode, self.machine)
 
     def to_json(self) -> dict[str, Any]:
         """The row as report.json holds it (absent fields left out)."""
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def key_of(model: str, backend: str, batch: int, seq: int, mode: str | None = None) -> RowKey:
-    """The key of a row: a plain row's is the four fields, other modes' add the mode."""
+def key_of(model: str, backend: str, batch: int, seq: int, mode: str | None = None,
+           machine: str | None = None) -> RowKey:
+    """The key of a row: a plain row's is the four fields, other modes' add the mode, and a row
+    of a fleet sweep its machine class, as "@class"."""
     key = (str(model), str(backend), int(batch), int(seq))
-    return key if mode is None else (*key, str(mode))
+    key += () if mode is None else (str(mode),)
+    return key + (() if machine is None else (f"@{machine}",))
 
 
 def row_key(row: dict[str, Any] | Row) -> RowKey:
     if isinstance(row, Row):
         return row.key
-    return key_of(row["model"], row["backend"], row["batch_size"], row["seq_len"], row.get("mode"))
+    return key_of(row["model"], row["backend"], row["batch_size"], row["seq_len"], row.get("mode"),
+                  row.get("machine"))
 
 
 def key_label(key: RowKey) -> str:
-    """A key's backend as tables name it: `onnxruntime`, or `onnxruntime (stream)` for a stream row."""
-    return key[1] if len(key) == 4 else f"{key[1]} ({key[4]})"
+    """A key's backend as tables name it: `onnxruntime`, `onnxruntime (stream)` for a stream row,
+    `onnxruntime @skylake` for a row of machine class skylake."""
+    return " ".join([key[1]] + [part if part.startswith("@") else f"({part})" for part in key[4:]])
 
 
 def new_report(target: str, environment: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +199,12 @@ def _v3_to_v4(report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "version": 4}  # only optional keys were added
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(report: dict[str, Any]) -> dict[str, Any]:
+    return {**report, "version": 5}  # only optional keys were added
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
+                                                                   4: _v4_to_v5}
 
 
 def upgrade(report: Any) -> Any:

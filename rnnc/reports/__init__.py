@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rnnc.reports import content, schema
+from rnnc.reports import classes, content, schema
 from rnnc.reports.gate import compare_reports, default_mode, gate
 
 __all__ = ["gate", "render"]
@@ -29,16 +29,24 @@ def render(report_path: Path, baseline_path: Path | None = None, out_dir: Path |
         changes = {c.key: c for c in compare_reports(baseline, report, 0.10, default_mode(report, baseline))}
     images: dict[str, list[tuple[str, str]]] = {}
     written = []
+    views = [(f" @{m}", f"-{_slug(m)}", classes.of_class(report, m)) for m in classes.machines(report)]
     for model in report["models"]:
         slug = _slug(model)
-        for caption, png in (
-                ("throughput and speed-up over torch", plots.plot_model(report, model, out_dir / f"plot-{slug}.png",
-                                                                        baseline)),
-                ("latency per chunk, streamed", plots.plot_stream(report, model, out_dir / f"plot-{slug}-stream.png")),
-                ("ms per generated step", plots.plot_generation(report, model, out_dir / f"plot-{slug}-steps.png"))):
-            if png is not None:
-                images.setdefault(model, []).append((caption, png.name))
-                written.append(png)
+        for key, suffix, view in views or [("", "", report)]:  # a fleet report: each class's own plots
+            for caption, png in (
+                    ("throughput and speed-up over torch",
+                     plots.plot_model(view, model, out_dir / f"plot-{slug}{suffix}.png", baseline)),
+                    ("latency per chunk, streamed",
+                     plots.plot_stream(view, model, out_dir / f"plot-{slug}{suffix}-stream.png")),
+                    ("ms per generated step",
+                     plots.plot_generation(view, model, out_dir / f"plot-{slug}{suffix}-steps.png"))):
+                if png is not None:
+                    images.setdefault(model + key, []).append((caption, png.name))
+                    written.append(png)
+        png = plots.plot_classes(report, model, out_dir / f"plot-{slug}-classes.png")
+        if png is not None:
+            images.setdefault(model, []).append(("throughput per machine class", png.name))
+            written.append(png)
     blocks = content.document(report, baseline, images, changes)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(markdown.render(blocks))

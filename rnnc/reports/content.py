@@ -8,14 +8,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from rnnc.reports import schema
+from rnnc.reports import classes, schema
 
 ROOF_AIM = 0.80  # the share of the sgemm roof a row of batch 16 and up aims at
 
 
 @dataclass(frozen=True)
 class Block:
-    kind: str  # h1 h2 p warn table image
+    kind: str  # h1 h2 h3 p warn table image
     text: str = ""
     header: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
@@ -53,14 +53,29 @@ def document(report: dict[str, Any], baseline: dict[str, Any] | None, images: di
                                  "from an earlier run the change is relative to the drift shared by the "
                                  "backends of its shape; for an A/B bench (`--against`) it is the plain change, "
                                  "both builds measured in the same rounds."))
-    blocks += _environment(report, baseline)
+    views = [(machine, classes.of_class(report, machine)) for machine in classes.machines(report)]
+    if not views:
+        blocks += _environment([("this report", report)] + ([("baseline", baseline)] if baseline else []))
+        for name in models:
+            blocks += _heading(report, name) + _model_rows(report, name, images.get(name, []), changes)
+        return blocks
+    blocks.append(Block("p", "Measured on a fleet (`rnnc bench --cluster`): one table per machine class, each "
+                             "class's rows measured on its own nodes, every backend interleaved on one node; "
+                             "speed-up over torch is within a class. The last plot of each model compares the "
+                             "classes."))
+    blocks += _environment(views + ([("baseline", baseline)] if baseline else []))
     for name in models:
-        blocks += _model(report, baseline, name, images.get(name, []), changes)
+        blocks += _heading(report, name)
+        for machine, view in views:
+            blocks += [Block("h3", f"{name} on {machine}"), Block("p", classes.describe(report, machine))]
+            blocks += _model_rows(view, name, images.get(f"{name} @{machine}", []), changes)
+        blocks += [Block("image", text=f"{name}: {caption}", image=image) for caption, image in images.get(name, [])]
     return blocks
 
 
-def _environment(report: dict[str, Any], baseline: dict[str, Any] | None) -> list[Block]:
-    sides = [report] + ([baseline] if baseline else [])
+def _environment(sides: list[tuple[str, dict[str, Any]]]) -> list[Block]:
+    """The environment table, a column for each side: this report and its baseline, or each class."""
+    names, sides = [n for n, _ in sides], [s for _, s in sides]
     keys = [("CPU", lambda r: _get(r, "environment", "cpu", "model")),
             ("cores", lambda r: _get(r, "environment", "cpu", "cores")),
             ("ISA", lambda r: " ".join(_get(r, "environment", "cpu", "isa") or []) or None),
@@ -79,17 +94,23 @@ def _environment(report: dict[str, Any], baseline: dict[str, Any] | None) -> lis
              ("L2 bandwidth", lambda r: _roof(r, "l2_gbps", "GB/s", "l2_bytes", "L2 of the cores used: {}")),
              ("L3 bandwidth", lambda r: _roof(r, "l3_gbps", "GB/s", "l3_bytes", "L3 {}")),
              ("memory bandwidth", lambda r: _roof(r, "memory_gbps", "GB/s", "memory_buffer_bytes", "reading {}"))]
-    header = ("", "this report") + (("baseline",) if baseline else ())
+    header = ("", *names)
     rows = tuple((k,) + tuple("-" if f(s) is None else str(f(s)) for s in sides) for k, f in keys)
     return [Block("h2", "Environment"), Block("table", header=header, rows=rows)]
 
 
-def _model(report: dict[str, Any], baseline: dict[str, Any] | None, name: str, images: list[tuple[str, str]],
-           changes: dict[schema.RowKey, Any] | None) -> list[Block]:
+def _heading(report: dict[str, Any], name: str) -> list[Block]:
     info = report["models"][name]
     blocks = [Block("h2", name)]
     if info.get("spec"):
         blocks.append(Block("p", describe_spec(info["spec"]) + f" (spec fingerprint {info.get('fingerprint')})."))
+    return blocks
+
+
+def _model_rows(report: dict[str, Any], name: str, images: list[tuple[str, str]],
+                changes: dict[schema.RowKey, Any] | None) -> list[Block]:
+    """A model's build table, its rows' table and its plots (of one machine, or one class's view)."""
+    info, blocks = report["models"][name], []
     build = info.get("backends") or {}
     if build:
         rows = tuple((b, str(v.get("status")), _f(v.get("build_time_s"), "{:.2f}"), _bytes(v.get("artifact_bytes")),

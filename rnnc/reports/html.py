@@ -30,6 +30,8 @@ def render(blocks: list[Block], base_dir: Path) -> str:
             body.append(f"<h1>{escape(b.text)}</h1>")
         elif b.kind == "h2":
             body.append(f"<h2>{escape(b.text)}</h2>")
+        elif b.kind == "h3":
+            body.append(f"<h3>{escape(b.text)}</h3>")
         elif b.kind == "p":
             body.append(f"<p>{_inline(b.text)}</p>")
         elif b.kind == "warn":

@@ -12,6 +12,8 @@ def render(blocks: list[Block]) -> str:
             parts.append(f"# {b.text}")
         elif b.kind == "h2":
             parts.append(f"## {b.text}")
+        elif b.kind == "h3":
+            parts.append(f"### {b.text}")
         elif b.kind == "p":
             parts.append(b.text)
         elif b.kind == "warn":

@@ -4,7 +4,8 @@ Top row: throughput (tokens/s) against sequence length, a line per backend, a pa
 size, the interquartile range as error bars; the baseline, when given, dashed in the same colour.
 Bottom row: speed-up over the torch reference (torch median / backend median) at each point.
 Beside it, for streamed rows, latency per chunk against chunk length (`plot_stream`), and for
-generative models, milliseconds per generated step (`plot_generation`).
+generative models, milliseconds per generated step (`plot_generation`). A fleet report gets these
+per machine class, and one more that compares the classes (`plot_classes`).
 """
 from __future__ import annotations
 
@@ -129,14 +130,20 @@ def _panels(rows: list[dict[str, Any]], panel: str, x: str, y: str, path: Path, 
         ax.set_xlabel(xlabel)
         if col == 0:
             ax.set_ylabel(ylabel)
+    handles, labels = _legend(axes[0])
+    fig.suptitle(title)
+    return _save(fig, path, handles, labels, legend_in, 0.93)
+
+
+def _legend(axes: Any) -> tuple[list[Any], list[str]]:
+    """Every line's handle and label across the panels, each label once, in the order drawn."""
     handles, labels = [], []
-    for ax in axes[0]:
+    for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.suptitle(title)
-    return _save(fig, path, handles, labels, legend_in, 0.93)
+    return handles, labels
 
 
 def _two_and_five(value: float, _: Any) -> str:
@@ -173,6 +180,41 @@ def plot_generation(report: dict[str, Any], model: str, path: Path) -> Path | No
         panel, x, xlabel = "seq_len", "batch_size", f"batch size ({rows[0]['steps']} steps per call)"
     return _panels(rows, panel, x, "ms_per_step", path,
                    f"{model} generating on {report['target']}: ms per step, lower is better", xlabel, "ms per step")
+
+
+def plot_classes(report: dict[str, Any], model: str, path: Path) -> Path | None:
+    """Throughput per machine class: a panel per backend, tokens/s against sequence length, a
+    colour per class and a line style per batch size; None unless two classes have rows of it."""
+    rows = [r for r in report["rows"] if r["model"] == model and r["status"] == "ok" and r.get("machine")]
+    machines = list(dict.fromkeys(r["machine"] for r in rows))
+    if len(machines) < 2:
+        return None
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    batches = sorted({r["batch_size"] for r in rows})
+    styles = ["-", "--", ":", "-."]
+    legend_in = 0.6 + 0.07 * max(len(f"{m}, batch {b}") for m in machines for b in batches)  # room for the labels
+    fig, axes = plt.subplots(1, len(backends), figsize=(4.2 * len(backends) + legend_in, 3.8), squeeze=False)
+    for ax, backend in zip(axes[0], backends):
+        for i, machine in enumerate(machines):
+            for j, batch in enumerate(batches):
+                series = sorted((r for r in rows if (r["backend"], r["machine"], r["batch_size"]) ==
+                                 (backend, machine, batch)), key=lambda r: r["seq_len"])
+                if series:
+                    ax.plot([r["seq_len"] for r in series], [r["tokens_per_s"] for r in series], color=f"C{i}",
+                            linestyle=styles[j % len(styles)], marker="o", ms=4, label=f"{machine}, batch {batch}")
+        seqs = sorted({r["seq_len"] for r in rows if r["backend"] == backend})
+        if len(seqs) > 1:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(seqs)
+        ax.set_xticklabels([str(v) for v in seqs])
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(backend)
+        ax.set_xlabel("sequence length")
+    axes[0][0].set_ylabel("throughput (tokens/s)")
+    handles, labels = _legend(axes[0])
+    fig.suptitle(f"{model} on {report['target']}, per machine class: higher is better")
+    return _save(fig, path, handles, labels, legend_in, 0.90)
 
 
 def _save(fig: Any, path: Path, handles: list[Any], labels: list[str], legend_in: float, top: float) -> Path:

@@ -32,29 +32,31 @@ def results_table(report: dict) -> str:
     """The terminal summary of a bench report: one line per row, speed-up over torch, warnings;
     chunks/s and RTF for streamed rows, steps and ms/step for generative ones, GFLOP/s, the share of
     the sgemm roof and of the time R's traffic takes (`rnnc.bench.roof`), where there are any."""
-    torch_ms = {(r["model"], r["batch_size"], r["seq_len"], r.get("mode")): r["median_ms"] for r in report["rows"]
-                if r["backend"] == "torch" and r["status"] == "ok"}
+    torch_ms = {(r["model"], r["batch_size"], r["seq_len"], r.get("mode"), r.get("machine")): r["median_ms"]
+                for r in report["rows"] if r["backend"] == "torch" and r["status"] == "ok"}
     ok = [r for r in report["rows"] if r["status"] == "ok"]
     extra = [(h, k, f) for h, k, f in (("chunks/s", "chunks_per_s", "{:,.0f}"), ("rtf", "rtf", "{:.3g}"),
                                        ("steps", "steps", "{}"), ("ms/step", "ms_per_step", "{:.4g}"),
                                        ("GFLOP/s", "gflops", "{:.3g}"), ("% roof", "roof_fraction", "{:.1%}"),
                                        ("R bw", "bw_fraction", "{:.1%}"))
              if any(r.get(k) is not None for r in ok)]
-    header = ("model", "backend", "batch", "seq", "median ms", "IQR ms", "p99 ms", "seq/s", "tokens/s",
-              *(h for h, _, _ in extra), "vs torch", "cv", "n", "note")
+    fleet = any(r.get("machine") for r in report["rows"])  # `rnnc bench --cluster`: each row's class and node
+    header = ("model", *(("machine", "node") if fleet else ()), "backend", "batch", "seq", "median ms", "IQR ms",
+              "p99 ms", "seq/s", "tokens/s", *(h for h, _, _ in extra), "vs torch", "cv", "n", "note")
     rows = []
     for r in report["rows"]:
-        key = (r["model"], r["batch_size"], r["seq_len"], r.get("mode"))
+        key = (r["model"], r["batch_size"], r["seq_len"], r.get("mode"), r.get("machine"))
+        where = (r.get("machine") or "-", r.get("node") or "-") if fleet else ()
         backend = r["backend"] + (" (stream)" if r.get("mode") == "stream" else "")
         if r["status"] != "ok":
-            rows.append((r["model"], backend, str(r["batch_size"]), str(r["seq_len"]), r["status"].upper(),
+            rows.append((r["model"], *where, backend, str(r["batch_size"]), str(r["seq_len"]), r["status"].upper(),
                          *([""] * (7 + len(extra))), (r.get("reason") or "")[:100]))
             continue
         t = torch_ms.get(key)
-        rows.append((r["model"], backend, str(r["batch_size"]), str(r["seq_len"]), f"{r['median_ms']:.4g}",
+        rows.append((r["model"], *where, backend, str(r["batch_size"]), str(r["seq_len"]), f"{r['median_ms']:.4g}",
                      f"{r['iqr_ms']:.2g}", f"{r['p99_ms']:.4g}", f"{r['sequences_per_s']:,.0f}",
                      f"{r['tokens_per_s']:,.0f}",
                      *("-" if r.get(k) is None else f.format(r[k]) for _, k, f in extra),
                      f"{t / r['median_ms']:.2f}x" if t else "-",
                      f"{r.get('cv', 0):.1%}", str(len(r["samples_ms"])), r.get("warning") or ""))
-    return text_table(header, rows, right=range(2, len(header) - 1))
+    return text_table(header, rows, right=range(4 if fleet else 2, len(header) - 1))

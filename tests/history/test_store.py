@@ -250,8 +250,9 @@ def test_a_version_1_history_is_read_and_upgraded_by_the_next_append(tmp_path):
 
     path = tmp_path / "h.db"
     history.append(str(path), _report(0))
-    with sqlite3.connect(path) as db:  # what rnnc wrote before schema 2
+    with sqlite3.connect(path) as db:  # what rnnc wrote before schema 2 (and 3)
         db.execute("ALTER TABLE rnnc_rows DROP COLUMN mode")
+        db.execute("ALTER TABLE rnnc_rows DROP COLUMN machine")
         db.execute("UPDATE rnnc_meta SET value = '1' WHERE key = 'schema_version'")
     [old] = history.load(str(path))
     assert old.rows[0].mode is None and len(old.rows[0].key) == 4
@@ -259,7 +260,7 @@ def test_a_version_1_history_is_read_and_upgraded_by_the_next_append(tmp_path):
     stream_report["settings"]["threads"] = 4
     history.append(str(path), stream_report)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM rnnc_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM rnnc_meta WHERE key = 'schema_version'").fetchone() == ("3",)
     old, new = history.load(str(path))
     assert {r.mode for r in old.rows} == {None} and {r.key[-1] for r in new.rows} == {"stream"}
     assert history.series([old, new], ("m", "torch", 1, 4, "stream"))[0][0] is new

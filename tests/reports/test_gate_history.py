@@ -137,3 +137,25 @@ def test_stream_rows_have_a_history_of_their_own(tmp_path):
     code, table = gate(write(tmp_path, "s.json", streamed_run(99)), None, 0.10, history=path)
     assert code == 0 and table.count("band of 12 runs") == 2 and "onnxruntime (stream)" in table, table
     assert gate(write(tmp_path, "slow.json", streamed_run(98, 1.5)), None, 0.10, history=path)[0] == 1
+
+
+def test_a_fleet_row_is_judged_against_its_own_machine_class_only(tmp_path):
+    """Rows of two machine classes share a history; each is judged by its own class's runs: class
+    a at what class b runs at is a regression, though the two histories together would hide it."""
+    def fleet_run(centers: dict[str, float], seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        data = report([dict(row("onnxruntime", 1, 8, center * float(np.exp(rng.normal(0, 0.02))), seed=seed),
+                            machine=machine, node=f"{machine}1") for machine, center in centers.items()])
+        data["settings"]["threads"] = "all"  # each node's every core, as a fleet records it
+        return data
+
+    path = str(tmp_path / "h.sqlite")
+    for seed in range(12):
+        history.append(path, fleet_run({"a": 1.0, "b": 2.0}, seed))
+    runs = history.load(path)
+    assert runs[0].threads == "all" and {r.key[-1] for r in runs[0].rows} == {"@a", "@b"}
+    code, table = gate(write(tmp_path, "same.json", fleet_run({"a": 1.0, "b": 2.0}, 99)), None, 0.10, history=path)
+    assert code == 0, table
+    code, table = gate(write(tmp_path, "slow.json", fleet_run({"a": 2.0, "b": 2.0}, 98)), None, 0.10, history=path)
+    failed = [line for line in table.splitlines() if " FAIL " in f" {line} "]
+    assert code == 1 and len(failed) == 1 and "onnxruntime @a" in failed[0], table

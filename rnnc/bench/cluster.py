@@ -1,0 +1,189 @@
+"""Ray for `rnnc bench --cluster`: connecting to a cluster (or starting one here), and its nodes.
+
+Ray is an optional extra (`pip install 'rnnc[cluster]'`); nothing here imports it before a
+fleet sweep asks for it, and its absence is one line naming the extra. A node takes part when it
+has a bench slot (the custom resource `rnnc_bench_slot`, one per node: one bench at a time on its
+cores) and rnnc's labels (`rnnc.class`, `rnnc.cpu`, `rnnc.isa`, `rnnc.gpu`: `host.MachineClass`),
+both set by `rnnc node` (or the `ray start` flags it prints with `--print`).
+
+An address that does not answer is refused within seconds: Ray's own connect waits on a silent
+GCS for a minute or more, so the address is first probed for a gRPC server (what both the GCS
+and Ray Client's server are) with a short deadline.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Iterator
+
+from rnnc import host
+from rnnc.errors import UserError
+
+SLOT = "rnnc_bench_slot"
+NODE_LABEL = f"{host.LABEL}node"
+INSTALL = "pip install 'rnnc[cluster]' (from a checkout: pip install -e '.[cluster]')"
+PROBE_S = 5.0  # how long an address may take to answer before it is refused
+# `--cluster local` shares its cores with the bench it runs: no CPUs to prestart idle workers for
+# (a job takes none), and Ray's periodic reports less often, so that fewer wake-ups preempt samples
+QUIET_LOCAL = {"raylet_report_resources_period_milliseconds": 1000, "raylet_check_gc_period_milliseconds": 5000,
+               "gcs_pull_resource_loads_period_milliseconds": 5000, "report_worker_backlog_interval_ms": 5000,
+               "task_events_report_interval_ms": 5000, "metrics_report_interval_ms": 60000,
+               "io_context_event_loop_lag_collection_interval_ms": 60000}
+
+
+def import_ray() -> ModuleType:
+    """Ray, or a `UserError` that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--cluster needs Ray, an optional extra that is not installed: {INSTALL}") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node that can run bench jobs: Ray's id, the name rows give it, and its class."""
+
+    id: str
+    name: str
+    machine: host.MachineClass
+
+
+@contextlib.contextmanager
+def connected(address: str) -> Iterator[ModuleType]:
+    """Ray, connected to the cluster at `address` for the block and disconnected after it.
+    `local` starts a one-node cluster of this machine (one bench slot, this machine's labels)
+    and stops it after; `auto`, `HOST:PORT` or `ray://HOST:PORT` join a running one."""
+    ray = import_ray()
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    if address == "local":
+        labels = host.machine_class().labels() | {NODE_LABEL: host.node_name()}
+        ray.init(address="local", num_cpus=0, resources={SLOT: 1}, labels=labels, _system_config=QUIET_LOCAL, **quiet)
+    else:
+        probe(address, ray)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise UserError(f"--cluster {address}: cannot connect: {_first_line(err)}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def probe(address: str, ray: ModuleType, wait_s: float = PROBE_S) -> None:
+    """A `UserError` unless a gRPC server answers at `address` within `wait_s` seconds."""
+    target = address.removeprefix("ray://")
+    if not address.startswith("ray://"):
+        try:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+
+            target = canonicalize_bootstrap_address_or_die(address)
+        except ConnectionError as err:
+            raise UserError(f"--cluster {address}: {_first_line(err)}") from None
+        except ValueError:
+            target = ""
+    where, _, port = target.rpartition(":")
+    if not where or not port.isdigit():
+        raise UserError(f"--cluster {address}: expected local, auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((where.strip("[]"), int(port)), timeout=wait_s).close()
+    except OSError as err:
+        raise UserError(f"--cluster {address}: nothing answers at {target} ({err.strerror or err})") from None
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=wait_s)
+    except grpc.FutureTimeoutError:
+        raise UserError(f"--cluster {address}: {target} accepts connections but no Ray cluster answers there "
+                        f"within {wait_s:g} s") from None
+    finally:
+        channel.close()
+
+
+def bench_nodes(ray: ModuleType) -> list[Node]:
+    """The live nodes with a bench slot, each with its class; a `UserError` for a node with a slot
+    and no rnnc labels (it could not be placed by class), and when there is none at all."""
+    found, unlabelled = live_nodes(ray)
+    if unlabelled:
+        raise UserError(f"--cluster: node {', '.join(unlabelled)} has a bench slot but not rnnc's labels: start it "
+                        f"with `rnnc node` (or the `ray start` flags `rnnc node --print` shows)")
+    if not found:
+        raise UserError("--cluster: the cluster has no node with a bench slot: start each with `rnnc node "
+                        "--address ADDRESS` (or the `ray start` flags `rnnc node --print` shows)")
+    return found
+
+
+def live_nodes(ray: ModuleType) -> tuple[list[Node], list[str]]:
+    """The live nodes with a bench slot and rnnc's labels, and the names of those without labels.
+    A name shared by several nodes (raylets of one host) gets the start of each node's id."""
+    found, unlabelled = [], []
+    for n in ray.nodes():
+        if not n.get("Alive") or n.get("Resources", {}).get(SLOT, 0) < 1:
+            continue
+        labels = n.get("Labels") or {}
+        machine = host.MachineClass.from_labels(labels)
+        if machine is None:
+            unlabelled.append(n.get("NodeManagerHostname") or n["NodeID"][:8])
+            continue
+        found.append((n["NodeID"], labels.get(NODE_LABEL) or n.get("NodeManagerHostname") or "node", machine))
+    names = [name for _, name, _ in found]
+    return [Node(i, name if names.count(name) == 1 else f"{name}-{i[:6]}", m) for i, name, m in found], unlabelled
+
+
+def parse_on(selectors: list[str] | None) -> list[dict[str, list[str]]]:
+    """`--on "cpu=*EPYC*,gpu=H100"` (repeatable): each a selector whose keys must all match, a key
+    given twice matching either pattern; a class is swept when any selector matches it."""
+    parsed = []
+    for text in selectors or []:
+        selector: dict[str, list[str]] = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            key, eq, pattern = part.partition("=")
+            key = key.strip().lower()
+            if not eq or key not in host.CLASS_KEYS or not pattern.strip():
+                raise UserError(f"--on {text}: expected key=pattern,... with keys {', '.join(host.CLASS_KEYS)}, "
+                                f"got {part!r}")
+            selector.setdefault(key, []).append(pattern.strip())
+        if not selector:
+            raise UserError(f"--on {text!r}: no key=pattern given")
+        parsed.append(selector)
+    return parsed
+
+
+def select(nodes: list[Node], selectors: list[dict[str, list[str]]], shown: list[str]) -> dict[str, list[Node]]:
+    """The nodes of every class that a selector picks (all classes without one), by class name; a
+    `UserError` listing the cluster's classes when none is picked, or when one class name is
+    given to machines that differ."""
+    classes: dict[str, list[Node]] = {}
+    for node in nodes:
+        classes.setdefault(node.machine.name, []).append(node)
+    for name, members in classes.items():
+        kinds = {n.machine for n in members}
+        if len(kinds) > 1:
+            raise UserError(f"--cluster: class {name!r} is given to machines that differ: "
+                            + "; ".join(f"{n.name}: {n.machine.describe()}" for n in members))
+    picked = {name: members for name, members in classes.items()
+              if not selectors or any(members[0].machine.matches(s) for s in selectors)}
+    if not picked:
+        have = "; ".join(f"{name} ({members[0].machine.describe()}; {len(members)} node"
+                         f"{'s' if len(members) != 1 else ''})" for name, members in sorted(classes.items()))
+        raise UserError(f"--on {' --on '.join(shown)}: no machine class of the cluster matches; it has: {have}")
+    return dict(sorted(picked.items()))
+
+
+def start_command(address: str | None, name: str | None, machine: host.MachineClass, slots: int,
+                  extra: list[str]) -> list[str]:
+    """`ray start` with this machine's bench slot and labels: a head without `address`."""
+    labels = machine.labels() | {NODE_LABEL: host.label_value(name) if name else host.node_name()}
+    where = ["--head"] if address is None else ["--address", address]
+    return ["ray", "start", *where, "--resources", json.dumps({SLOT: slots}),
+            "--labels", ",".join(f"{k}={v}" for k, v in labels.items()), *extra]
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -1,0 +1,147 @@
+"""What a fleet node runs (`rnnc bench --cluster`): one bench job, a model on this node's class.
+
+The job gets the model as bytes: a source (a spec or a model file) to compile here, where the
+ISA is the class's own, or a compiled DIR (a rerun after a node was lost, or `--resume`), packed
+as a tar. It then measures the rows it was asked for with the one-machine sweep's own loop
+(`sweep.shape_rows`: every backend interleaved on the same inputs, shape by shape) and sends
+each shape's rows to the driver's `Collector` as soon as they are done, waiting until the
+collector has them, so that a node lost later has lost no finished row. The compiled DIR goes
+back the same way, right after the compile, so that a rerun elsewhere need not compile again.
+
+The job runs as a one-machine bench would: Ray sets OMP_NUM_THREADS=1 in a worker for a task that
+takes no CPUs, and the job removes it, so that a library rnnc does not size explicitly sees the
+node's cores as it would outside Ray.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rnnc import host
+from rnnc.bench import measure, sweep
+from rnnc.bench import stream as streaming
+from rnnc.bench import threads as runtime_threads
+from rnnc.bench.progress import SweepProgress
+from rnnc.bench.sources import Source, file_source, open_source
+from rnnc.progress import SILENT
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job: which rows of which model, measured how (the bench's own flags)."""
+
+    job: int
+    attempt: int
+    model: str
+    machine: str  # the class it was placed on (`MachineClass.name`)
+    source_name: str  # the file name of the source shipped as the payload
+    compiled: bool  # the payload is a compiled DIR (a tar), not a source to compile
+    target: str
+    backends: tuple[str, ...]
+    shapes: tuple[tuple[int, int], ...]  # every shape of the model's sweep: what a compile builds
+    todo: dict[tuple[int, int], list[str]]  # the backends each shape still needs
+    settings: measure.Settings
+    check: bool = False
+    seed: int = 0
+    threads: int | str | None = "all"  # "all": every core of the node that runs it
+    imports: dict[str, Any] = field(default_factory=dict)  # a model file's --shapes, --bind, --state
+    streamed: streaming.Options | None = None
+    extra_work: dict[str, float] = field(default_factory=dict)  # TEST-ONLY, as `run_bench`'s
+
+
+class Collector:
+    """The driver's mailbox (a Ray actor on the head node): jobs `put` messages, the driver
+    `take`s them, waiting up to `wait_s` for the first, so that it polls neither Ray nor the CPU."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
+
+    async def put(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self.arrived.set()
+
+    async def take(self, wait_s: float) -> list[dict[str, Any]]:
+        if not self.messages:
+            try:
+                await asyncio.wait_for(self.arrived.wait(), wait_s)
+            except asyncio.TimeoutError:
+                pass
+        taken, self.messages = self.messages, []
+        self.arrived.clear()
+        return taken
+
+
+def run_job(spec: JobSpec, payload: bytes, collector: Any) -> int:
+    """Run one job on this node, sending its messages to `collector`; returns the rows measured.
+    Messages: `start` (the node's id and environment), `compiled` (the DIR as a tar and the
+    report's record of the model), `rows` (one shape's rows and the calibration samples taken)."""
+    import ray
+
+    def send(kind: str, **fields: Any) -> None:
+        ray.get(collector.put.remote(dict(fields, kind=kind, job=spec.job, attempt=spec.attempt)))
+
+    if os.environ.get("OMP_NUM_THREADS") == "1":  # Ray's for a task of no CPUs: not what a bench here would see
+        del os.environ["OMP_NUM_THREADS"]
+    threads = host.cpu_count() if spec.threads == "all" else spec.threads
+    with tempfile.TemporaryDirectory(prefix="rnnc-job-") as tmp, runtime_threads.kept_torch_threads():
+        work = Path(tmp)
+        local = sweep.start_report(work / sweep.REPORT, False, spec.target, spec.settings, spec.check,
+                                   spec.extra_work, threads, runtime_threads.in_force(threads), spec.streamed)
+        send("start", node_id=ray.get_runtime_context().get_node_id(), environment=local["environment"])
+        model, manifest, model_dir = _open(spec, payload, work, threads)
+        if not spec.compiled:
+            send("compiled", tar=pack(model_dir), record=sweep.model_record(model, manifest))
+        sent, rows = 0, 0
+        bar = SweepProgress(SILENT, 0)
+        for done in sweep.shape_rows(local, work, model, manifest, model_dir, spec.target, list(spec.backends),
+                                     spec.todo, spec.settings, spec.check, spec.extra_work, spec.seed, bar, threads,
+                                     None, spec.streamed):
+            samples = local["calibration"]["samples_ms"]
+            send("rows", rows=[r.to_json() for r in done.rows], calibration=samples[sent:])
+            sent, rows = len(samples), rows + len(done.rows)
+    return rows
+
+
+def _open(spec: JobSpec, payload: bytes, work: Path, threads: int | None) -> tuple[Any, Any, Path]:
+    """The model, manifest and DIR of the payload: a DIR unpacked, or a source compiled here."""
+    streamed = spec.streamed is not None
+    if spec.compiled:
+        unpack(payload, work / "dir")
+        src = Source(work / "dir", True, list(spec.shapes))
+    else:
+        path = work / "source" / spec.source_name
+        path.parent.mkdir()
+        path.write_bytes(payload)
+        src = file_source(path)
+    return open_source(src, list(spec.shapes), spec.target, list(spec.backends), work / "dir", False, False, SILENT,
+                       spec.imports, threads, streamed)
+
+
+def pack(directory: Path) -> bytes:
+    """A DIR as an uncompressed tar (its artifacts are weights: compressing them gains little)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(directory, arcname=".")
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        tar.extractall(directory, filter="data")
+
+
+def remote(ray: Any) -> tuple[Callable[..., Any], Any]:
+    """The job as a Ray task and the collector as a Ray actor class. A job takes no CPU of Ray's
+    (its node's bench slot is what keeps two benches off the same cores), is never retried by Ray
+    (the driver reruns only the rows still missing) and runs in a fresh worker process each time,
+    as a one-machine bench does."""
+    job = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(run_job)
+    return job, ray.remote(num_cpus=0, max_restarts=0)(Collector)

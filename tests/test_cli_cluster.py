@@ -1,0 +1,154 @@
+"""`rnnc bench --cluster` and `rnnc node` from the command line: what a user sees when the
+cluster is not there, Ray is missing or `--on` matches nothing (one line, exit 2), Ctrl-C and
+`--resume`, and `--cluster local` giving the rows a plain bench gives."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from rnnc.bench import cluster, run_bench
+from rnnc.errors import UserError
+from rnnc.records import report as schema
+from tests.bench.test_sweep import QUICK
+from tests.conftest import make_spec
+
+SPEC = make_spec(shapes={"batch_sizes": [1], "seq_lens": [2]})
+
+
+def need_ray():
+    return pytest.importorskip("ray", reason="the cluster tests need Ray: pip install -e '.[cluster]'")
+
+
+def rnnc(*args: object, **kw: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rnnc", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_without_ray_the_flag_says_how_to_install_it(cli, write_spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
+    code, out, err = cli("bench", write_spec(SPEC), "--cluster", "local")
+    assert code == 2 and out == ""
+    assert err == "error: --cluster needs Ray, an optional extra that is not installed: pip install " \
+                  "'rnnc[cluster]' (from a checkout: pip install -e '.[cluster]')\n"
+
+
+def test_an_address_that_does_not_answer_is_one_line_within_seconds(cli, write_spec, tmp_path):
+    ray = need_ray()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        code, out, err = cli("bench", write_spec(SPEC), "--cluster", address, "--out", tmp_path / "out")
+        assert code == 2 and len(err.splitlines()) == 1 and "nothing answers at" in err, err
+        assert time.monotonic() - started < 15 and not (tmp_path / "out").exists()
+    with pytest.raises(UserError, match="expected local, auto, HOST:PORT"):
+        cluster.probe("nohost", ray)
+
+
+def test_a_port_that_accepts_but_is_no_ray_is_refused_after_the_probe(tmp_path):
+    ray = need_ray()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:  # accepts, says nothing: a silent server
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(UserError, match="accepts connections but no Ray cluster answers there within 1 s"):
+            cluster.probe(f"ray://127.0.0.1:{listener.getsockname()[1]}", ray, wait_s=1.0)
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        thread.join()
+        for s in accepted + [listener]:
+            s.close()
+
+
+def test_on_needs_a_cluster_and_a_key_it_knows(cli, write_spec):
+    code, _, err = cli("bench", write_spec(SPEC), "--on", "cpu=*EPYC*")
+    assert code == 2 and err == "error: --on picks machine classes of a cluster: give --cluster ADDRESS too\n"
+    code, _, err = cli("bench", write_spec(SPEC), "--cluster", "auto", "--on", "arch=x86")
+    assert code == 2 and "--on arch=x86: expected key=pattern,... with keys cpu, isa, gpu, class" in err
+
+
+def test_node_prints_the_ray_start_command_with_slot_and_labels(cli):
+    code, out, _ = cli("node", "--address", "10.0.0.1:6379", "--class", "skylake", "--name", "w1", "--print",
+                       "--", "--num-cpus", "8")
+    assert code == 0
+    assert out.startswith("ray start --address 10.0.0.1:6379 --resources '{\"rnnc_bench_slot\": 1}' --labels ")
+    assert "rnnc.class=skylake,rnnc.cpu=" in out and ",rnnc.node=w1 --num-cpus 8" in out
+    code, _, err = cli("node", "--head", "--slots", "0")
+    assert code == 2 and "--slots: must be >= 1" in err
+
+
+@pytest.mark.xdist_group("ray")
+def test_on_matching_no_class_lists_the_classes_the_cluster_has(cli, ray_fleet, write_spec):
+    code, out, err = cli("bench", write_spec(SPEC), "--cluster", ray_fleet.address, "--on", "gpu=H100")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("error: --on gpu=H100: no machine class of the cluster matches; it has: a (cpu=")
+
+
+@pytest.mark.xdist_group("ray")
+def test_ctrl_c_keeps_the_rows_done_and_resume_completes_them(ray_fleet, write_spec, tmp_path):
+    spec, out = write_spec(make_spec()), tmp_path / "out"
+    args = ("bench", spec, "--backends", "torch,onnxruntime", "--cluster", ray_fleet.address, "--on", "class=a",
+            "--out", out, "--seq-lens", "2,3", "--batch-sizes", "1")
+    proc = rnnc(*args)
+    rows: list = []
+    while proc.poll() is None and not rows:
+        time.sleep(0.05)
+        try:
+            rows = json.loads((out / "report.json").read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            pass
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.rstrip().endswith("interrupted"), err
+    partial = schema.load_report(out / "report.json")
+    assert not partial["finished"] and 0 < len(partial["rows"]) < 4
+    built = (out / "a" / "t" / "manifest.json").stat().st_mtime_ns
+    proc = rnnc(*args, "--resume")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    done = schema.load_report(out / "report.json")
+    assert done["finished"] and len(done["rows"]) == 4
+    kept = {schema.row_key(r): r for r in done["rows"]}
+    assert all(kept[schema.row_key(r)] == r for r in partial["rows"])  # kept as they were
+    [job] = [j for j in done["cluster"]["jobs"] if j["outcome"] == "done"]
+    assert job["rows"] == 4 - len(partial["rows"])  # only the rows missing were measured
+    assert (out / "a" / "t" / "manifest.json").stat().st_mtime_ns == built  # shipped, not compiled again
+
+
+@pytest.mark.xdist_group("ray")
+def test_cluster_local_gives_the_rows_a_plain_bench_gives(write_spec, tmp_path):
+    need_ray()
+    spec = write_spec(SPEC)
+    plain = run_bench(spec, "cpu", ["torch", "onnxruntime"], out_dir=tmp_path / "plain", settings=QUICK)
+    proc = rnnc("bench", spec, "--backends", "torch,onnxruntime", "--cluster", "local", "--out", tmp_path / "local")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    local = schema.load_report(tmp_path / "local" / "report.json")
+    [machine] = {r["machine"] for r in local["rows"]}
+    assert [schema.row_key(r)[:4] for r in local["rows"]] == [schema.row_key(r) for r in plain["rows"]]
+    assert all(r["status"] == "ok" and r["node"] for r in local["rows"]) and f"### t on {machine}" in \
+        (tmp_path / "local" / "report.md").read_text()
+    assert local["models"]["t"]["fingerprint"] == plain["models"]["t"]["fingerprint"]
