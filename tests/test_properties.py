@@ -99,12 +99,13 @@ def compile_and_check(spec: Spec, backends: list[str], batch: int, seq: int) -> 
         path.write_text(yaml.safe_dump(spec))
         manifest, out = rnnc.compile(path, "cpu", backends=backends, out=Path(tmp) / "out", threads=1)
         ran = []
+        floor = _float32_floor(manifest)
         for name, record in manifest.backends.items():
             if record.status == "skipped" and spec["dtype"] != "float32" and name in EXPORTED:
                 assert "float32" in (record.reason or ""), (name, record.reason)
                 continue
             assert record.status == "ok" and record.verification and record.verification.passed \
-                or _at_the_edge(record), (name, record)
+                or _at_the_edge(record, floor), (name, record)
             ran.append(name)
         assert ran, manifest.backends
         arrays = random_inputs(spec, batch, seq, seed=batch * 10 + seq)
@@ -452,11 +453,20 @@ def test_valid_arrays_agree_on_every_backend(compiled: dict[str, dict[str, Any]]
             assert_agree(chunked, want, f"{name} in two chunks")
 
 
-def _at_the_edge(record) -> bool:
+def _float32_floor(manifest) -> float:
+    """torch eager's own error against float64 on this spec: what float32 rounding alone gives it
+    (torch runs the very module the reference is the float64 twin of)."""
+    torch = manifest.backends.get("torch")
+    v = torch.verification if torch is not None else None
+    return v.rel_err if v is not None and v.rel_err is not None else 0.0
+
+
+def _at_the_edge(record, floor: float = 0.0) -> bool:
     """A random spec (a ReLU chain that grows, outputs far below its states) can put honest float32
-    rounding just past the 1e-5 tolerance (CI saw ONNX Runtime at 1.02e-5 on one random RNN): a
-    failure by a margin under 2x is float32's edge, not a wrong kernel, which is off by O(1)."""
+    rounding past the 1e-5 tolerance: CI saw ONNX Runtime at 1.02e-5 on one random RNN, and torch
+    eager itself at 2.25e-5 on one random GRU. A failure within 2x of the tolerance, or of torch's
+    own float32 error on the same spec, is float32's edge, not a wrong kernel (off by O(1))."""
     v = record.verification
     return record.status == "failed" and v is not None and not v.problems and v.rel_err is not None \
-        and v.rel_err <= 2 * v.tolerance
+        and v.rel_err <= 2 * max(v.tolerance, min(floor, 10 * v.tolerance))  # never past 20x: O(1) still fails
 
