@@ -26,33 +26,21 @@ from __future__ import annotations
 
 import functools
 import math
-import subprocess
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from rnnc import host, targets
+from rnnc.host import FALLBACK_L2, FALLBACK_L3, MiB, SYSFS, Caches, caches
 from rnnc.graphs.work import Work
 from rnnc.records.report import Row
 
-MiB = 2**20
-FALLBACK_L2, FALLBACK_L3 = 1 * MiB, 32 * MiB
-SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
+__all__ = ["FALLBACK_L2", "FALLBACK_L3", "SYSFS", "Caches", "Roof", "caches", "measure", "measured", "with_roof"]
+# the cache sizes are `host`'s (the kernels read them too); named here, where the roof reads them
 METHOD = ("torch float32 at the bench's threads, best of a few: sgemm n=2048 (best of 5); "
           "sum() over 2x L3 (64-256 MiB) for memory, over L3/4 for L3, over L2/2 read repeatedly for L2")
-
-
-@dataclass(frozen=True)
-class Caches:
-    """One L2 and the CPUs sharing it; the L3 (None: none found); where the sizes came from."""
-
-    l2_bytes: int
-    l2_cpus: int
-    l3_bytes: int | None
-    source: str
 
 
 @dataclass(frozen=True)
@@ -89,26 +77,6 @@ class Roof:
         if self.l3_gbps is not None and self.l3_bytes is not None and working_set <= self.l3_bytes:
             return "L3", self.l3_gbps
         return "memory", self.memory_gbps
-
-
-def caches(root: Path = SYSFS, lscpu: Callable[[], str] | None = None) -> Caches:
-    """The L2 and L3 sizes of cpu0: sysfs, else lscpu, else the fallback figures."""
-    found: dict[int, tuple[int, int]] = {}
-    for index in sorted(root.glob("index*")) if root.is_dir() else []:
-        try:
-            level, kind = int((index / "level").read_text()), (index / "type").read_text().strip()
-            size = _size((index / "size").read_text())
-            cpus = _count_cpus((index / "shared_cpu_list").read_text())
-        except (OSError, ValueError):
-            continue
-        if kind in ("Unified", "Data") and level in (2, 3):
-            found[level] = (size, cpus)
-    if 2 in found:
-        return Caches(found[2][0], found[2][1], found.get(3, (None, 0))[0], "sysfs")
-    sizes = _lscpu_sizes((lscpu or _run_lscpu)())
-    if "L2" in sizes:
-        return Caches(sizes["L2"], 1, sizes.get("L3"), "lscpu")
-    return Caches(FALLBACK_L2, 1, FALLBACK_L3, "fallback")
 
 
 def measure(threads: int | None = None) -> Roof:
@@ -195,35 +163,3 @@ def _best(call: Callable[[], object], repeats: int, warm: bool = True) -> float:
         call()
         best = min(best, time.perf_counter() - t)
     return best
-
-
-def _size(text: str) -> int:
-    """sysfs's "2048K", "105M" as bytes."""
-    text = text.strip()
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
-    return int(text[:-1] if scale > 1 else text) * scale
-
-
-def _count_cpus(text: str) -> int:
-    """CPUs in a list such as "0-3,8"."""
-    count = 0
-    for part in filter(None, text.strip().split(",")):
-        low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
-
-
-def _run_lscpu() -> str:
-    try:
-        return subprocess.run(["lscpu", "-B", "-C=NAME,ONE-SIZE"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _lscpu_sizes(text: str) -> dict[str, int]:
-    sizes = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in ("L2", "L3") and parts[1].isdigit():
-            sizes[parts[0]] = int(parts[1])
-    return sizes

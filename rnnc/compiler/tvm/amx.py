@@ -177,18 +177,27 @@ def round_x(e: Emitter, spec: LayerSpec, xrow: str) -> None:
             e.line("Xb[m, k] = T.uint16(0)")
 
 
-def projection(e: Emitter, spec: LayerSpec) -> None:
-    """XP[d, m, :] = Xb[m] @ Wa[d] + Bias[d]: items of 2 row tiles x nc column tiles (tmm0-3),
-    A in tmm4-5, B in tmm6-7; rows padded to 32 (XP and Xb have 32 spare rows)."""
+@contextmanager
+def _projection_items(e: Emitter, spec: LayerSpec, rows: int) -> Iterator[int]:
+    """The loop over the projection's work items (direction d, panel pair pn, `rows` rows from m0),
+    every tile configured 16 x 64 bytes; yields nc, the column tiles of an item (2, or 1 where the
+    panels are odd)."""
     d_, panels = len(spec.directions), spec.gates * spec.hp // LANES
     nc = 2 if panels % 2 == 0 else 1
-    xs, gs = spec.ip2 * 2, spec.gates * spec.hp * 4  # row strides in bytes: Xb, XP
-    e.line("nm: T.let[T.int64] = (seq * batch + 31) // 32")
+    e.line(f"nm: T.let[T.int64] = (seq * batch + {rows - 1}) // {rows}")
     with e.block(f"for w in T.parallel({d_} * nm * {panels // nc}):"):
         e.line(f"d: T.let[T.int64] = w // (nm * {panels // nc})")
         e.line(f"pn: T.let[T.int64] = w % (nm * {panels // nc}) // nm")
-        e.line("m0: T.let[T.int64] = w % nm * 32")
+        e.line(f"m0: T.let[T.int64] = w % nm * {rows}")
         configure(e, {n: 16 for n in range(8)})
+        yield nc
+
+
+def projection(e: Emitter, spec: LayerSpec) -> None:
+    """XP[d, m, :] = Xb[m] @ Wa[d] + Bias[d]: items of 2 row tiles x nc column tiles (tmm0-3),
+    A in tmm4-5, B in tmm6-7; rows padded to 32 (XP and Xb have 32 spare rows)."""
+    xs, gs = spec.ip2 * 2, spec.gates * spec.hp * 4  # row strides in bytes: Xb, XP
+    with _projection_items(e, spec, 32) as nc:
         for r in range(2):
             for c in range(nc):
                 e.line(load(r * nc + c, f"Bias[d, (pn * {nc} + {c}) * 16]", 0))
@@ -267,14 +276,7 @@ def projection_int8(e: Emitter, spec: LayerSpec) -> None:
     """XP[d, m, :] = X(m) @ W[d] + Bias[d] from X's two bytes (`quant`, Xq and Xr): items of 16 rows
     x nc column tiles, int32 sums of Xq in tmm0-1 and of Xr in tmm2-3, A in tmm4-5, B in tmm6-7,
     then dequantized (`quant.dequantized`) row by row; Xq has 16 spare rows, XP none."""
-    d_, panels = len(spec.directions), spec.gates * spec.hp // LANES
-    nc = 2 if panels % 2 == 0 else 1
-    e.line("nm: T.let[T.int64] = (seq * batch + 15) // 16")
-    with e.block(f"for w in T.parallel({d_} * nm * {panels // nc}):"):
-        e.line(f"d: T.let[T.int64] = w // (nm * {panels // nc})")
-        e.line(f"pn: T.let[T.int64] = w % (nm * {panels // nc}) // nm")
-        e.line("m0: T.let[T.int64] = w % nm * 16")
-        configure(e, {n: 16 for n in range(8)})
+    with _projection_items(e, spec, 16) as nc:
         for n in range(2 * nc):
             e.line(zero(n))
         with e.block(f"for kb in T.serial({spec.ip // 64}):"):

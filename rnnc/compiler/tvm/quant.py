@@ -143,35 +143,16 @@ def accumulate_vnni(e: Emitter, rows: int, width: int, var: str, groups: int, a:
     accs: list[tuple[str, Callable[[str], str]]] = [(f"qacc{i}", lambda k, i=i: a(i, k)) for i in range(rows)]
     if a2 is not None:
         accs += [(f"qacc{i}r", lambda k, i=i: a2(i, k)) for i in range(rows)]
-    # vpdpbusd's latency (5 cycles) over few chains: a single row's 4 gates would wait on it, so
-    # under 8 chains the k-groups alternate between two sets of accumulators, added at the end
-    split = 2 if len(accs) * width < 8 and groups >= 2 else 1
-    sets = [(acc, src, "") for acc, src in accs] + [(acc, src, "s") for acc, src in accs if split == 2]
-    for acc, _, half in sets:
-        e.line(f'{acc}{half} = T.alloc_buffer(({width}, 16), "int32")')
+    for acc, _ in accs:
+        e.line(f'{acc} = T.alloc_buffer(({width}, 16), "int32")')
         with e.block(f"for {var}, l in T.grid({width}, 16):"):
-            e.line(f"{acc}{half}[{var}, l] = 0")
+            e.line(f"{acc}[{var}, l] = 0")
     lanes = "T.ramp(0, 1, 16)"
-
-    def products(k: str, sub: list[tuple[str, Callable[[str], str], str]]) -> None:
-        for acc, src, half in sub:
+    with e.block(f"for k in T.serial({groups}):"):
+        for acc, src in accs:
             with e.block(f"for {var} in T.unroll({width}):"):
-                e.line(f'{acc}{half}[{var}, {lanes}] = T.call_llvm_pure_intrin("int32x16", '
-                       f'"llvm.x86.avx512.vpdpbusd.512", {acc}{half}[{var}, {lanes}], '
-                       f"{_u8x64(src(k))}, {_b(b(k))})")
-
-    if split == 1:
-        with e.block(f"for k in T.serial({groups}):"):
-            products("k", sets)
-    else:
-        with e.block(f"for k2 in T.serial({groups // 2}):"):
-            products("k2 * 2", [x for x in sets if not x[2]])
-            products("(k2 * 2 + 1)", [x for x in sets if x[2]])
-        if groups % 2:
-            products(str(groups - 1), [x for x in sets if not x[2]])
-        for acc, _ in accs:
-            with e.block(f"for {var}, l in T.grid({width}, 16):"):
-                e.line(f"{acc}[{var}, l] = {acc}[{var}, l] + {acc}s[{var}, l]")
+                e.line(f'{acc}[{var}, {lanes}] = T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", '
+                       f"{acc}[{var}, {lanes}], {_u8x64(src('k'))}, {_b(b('k'))})")
     for i in range(rows):
         e.line(f'acc{i} = T.alloc_buffer(({width}, 16), "float32")')
         with e.block(f"for {var} in T.unroll({width}):"), e.block("for l in T.vectorized(16):"):

@@ -53,23 +53,6 @@ def configure_threads(count: int | None) -> int:
     return int(tvm.runtime.num_threads())
 
 
-def l2_bytes() -> int | None:
-    """One core's L2 cache in bytes (Linux sysfs, cpu0's level-2 data or unified cache); None where unknown."""
-    import glob
-
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        try:
-            level = open(f"{index}/level").read().strip()
-            kind = open(f"{index}/type").read().strip()
-            size = open(f"{index}/size").read().strip()
-        except OSError:
-            continue
-        if level == "2" and kind in ("Data", "Unified"):
-            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-    return None
-
-
 def step_chunks(r_bytes: int) -> int:
     """`LayerSpec.chunks` for a layer whose R (one direction) has `r_bytes`: this host's core count
     where each core's share of R is more than half its L2 (then the cores' next step finds the
@@ -79,8 +62,10 @@ def step_chunks(r_bytes: int) -> int:
     interleaved bursts, ms, in order vs reversed): fp32 H512 (R 4 MiB) b1 1.57 vs 1.31, b4 2.35 vs
     2.13, b16 13.0 vs 12.6; int8 H1024 (R 4 MiB) b4 2.15 vs 2.02, b16 5.01 vs 4.73, b1 even; fp32
     H256 (R 1 MiB, in L2) 1.02 vs 1.07 at b1: no gain where R fits."""
-    cores, l2 = cpu_count(), l2_bytes()
-    return cores if cores > 1 and l2 and r_bytes / cores > l2 / 2 else 0
+    from rnnc.host import caches
+
+    cores, found = cpu_count(), caches()
+    return cores if cores > 1 and found.source != "fallback" and r_bytes / cores > found.l2_bytes / 2 else 0
 
 
 def cpu_model() -> str:
