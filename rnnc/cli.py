@@ -341,12 +341,13 @@ def _node(args: argparse.Namespace) -> int:
         raise UserError(f"--slots: must be >= 1, got {args.slots}")
     command = cluster.start_command(None if args.head else args.address, args.name,
                                     host.machine_class(args.machine_class), args.slots, args.ray_args)
-    print(shlex.join(command))
+    print(shlex.join([f"{k}={v}" for k, v in cluster.NODE_ENV.items()] + command))
     if args.print_only:
         return 0
     cluster.import_ray()  # the one line naming the extra, rather than "ray: command not found"
     beside = Path(sys.executable).with_name("ray")  # the ray of this environment, activated or not
-    return subprocess.call([str(beside) if beside.is_file() else "ray", *command[1:]])
+    return subprocess.call([str(beside) if beside.is_file() else "ray", *command[1:]],
+                           env=os.environ | cluster.NODE_ENV)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -27,12 +27,22 @@ SLOT = "rnnc_bench_slot"
 NODE_LABEL = f"{host.LABEL}node"
 INSTALL = "pip install 'rnnc[cluster]' (from a checkout: pip install -e '.[cluster]')"
 PROBE_S = 5.0  # how long an address may take to answer before it is refused
-# `--cluster local` shares its cores with the bench it runs: no CPUs to prestart idle workers for
-# (a job takes none), and Ray's periodic reports less often, so that fewer wake-ups preempt samples
-QUIET_LOCAL = {"raylet_report_resources_period_milliseconds": 1000, "raylet_check_gc_period_milliseconds": 5000,
+# `--cluster local` shares its cores with the bench it runs. Its worker runs at nice 0, as the bench
+# would outside Ray (Ray's default of 15 lets every daemon's wakeup preempt a timed call); no worker
+# is prestarted (a job takes no CPU, the driver needs none); Ray's periodic timers fire less often
+# (measured here: 430 wakeups/s of Ray's processes beside an idle job by default, about 330 with
+# these), so that fewer of them preempt samples.
+QUIET_LOCAL = {"worker_niceness": 0, "prestart_worker_first_driver": False,
+               "raylet_report_resources_period_milliseconds": 1000, "raylet_check_gc_period_milliseconds": 5000,
                "gcs_pull_resource_loads_period_milliseconds": 5000, "report_worker_backlog_interval_ms": 5000,
                "task_events_report_interval_ms": 5000, "metrics_report_interval_ms": 60000,
-               "io_context_event_loop_lag_collection_interval_ms": 60000}
+               "io_context_event_loop_lag_collection_interval_ms": 60000, "io_context_monitor_probe_interval_ms": 60000,
+               "object_manager_timer_freq_ms": 1000, "memory_monitor_refresh_ms": 0,
+               "local_fs_monitor_interval_ms": 5000, "debug_dump_period_milliseconds": 0,
+               "raylet_check_for_unexpected_worker_disconnect_interval_ms": 5000,
+               "kill_idle_workers_interval_ms": 5000, "enable_metrics_collection": False, "enable_timeline": False,
+               "core_worker_internal_heartbeat_ms": 5000,
+               "grpc_client_check_connection_status_interval_milliseconds": 5000}
 
 
 def import_ray() -> ModuleType:
@@ -90,18 +100,21 @@ def probe(address: str, ray: ModuleType, wait_s: float = PROBE_S) -> None:
     where, _, port = target.rpartition(":")
     if not where or not port.isdigit():
         raise UserError(f"--cluster {address}: expected local, auto, HOST:PORT or ray://HOST:PORT")
+    # Ray reads a loopback address as this node's own IP (127.0.0.1:1 is 192.0.2.2:1): the line names both
+    said = address.removeprefix("ray://")
+    where_said = "there" if said == target else f"at {target}, the address Ray resolves it to"
     try:
         socket.create_connection((where.strip("[]"), int(port)), timeout=wait_s).close()
     except OSError as err:
-        raise UserError(f"--cluster {address}: nothing answers at {target} ({err.strerror or err})") from None
+        raise UserError(f"--cluster {address}: nothing answers {where_said} ({err.strerror or err})") from None
     import grpc
 
     channel = grpc.insecure_channel(target)
     try:
         grpc.channel_ready_future(channel).result(timeout=wait_s)
     except grpc.FutureTimeoutError:
-        raise UserError(f"--cluster {address}: {target} accepts connections but no Ray cluster answers there "
-                        f"within {wait_s:g} s") from None
+        raise UserError(f"--cluster {address}: a server answers {where_said}, but no Ray cluster within "
+                        f"{wait_s:g} s") from None
     finally:
         channel.close()
 
@@ -176,9 +189,14 @@ def select(nodes: list[Node], selectors: list[dict[str, list[str]]], shown: list
     return dict(sorted(picked.items()))
 
 
+# the environment `ray start` runs in: a bench worker at nice 0, as outside Ray (Ray's default is 15)
+NODE_ENV = {"RAY_worker_niceness": "0"}
+
+
 def start_command(address: str | None, name: str | None, machine: host.MachineClass, slots: int,
                   extra: list[str]) -> list[str]:
-    """`ray start` with this machine's bench slot and labels: a head without `address`."""
+    """`ray start` with this machine's bench slot and labels: a head without `address`. It runs
+    with `NODE_ENV` in its environment."""
     labels = machine.labels() | {NODE_LABEL: host.label_value(name) if name else host.node_name()}
     where = ["--head"] if address is None else ["--address", address]
     return ["ray", "start", *where, "--resources", json.dumps({SLOT: slots}),

@@ -182,6 +182,8 @@ class Driver:
                 self.ray.wait([take, *self.running], num_returns=1, timeout=WATCH_S)
                 ready, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
                 if ready or self.ray.wait([take], timeout=0)[0]:
+                    if ready:  # a job's end is no message: the waiting take need not wait on
+                        self.collector.wake.remote()
                     self._file(self.ray.get(take))
                     take = None
                 if ready:  # every message a job put before it ended, filed before its end
