@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnc import host
-from rnnc.mailbox import Collector
 from rnnc.bench import measure, sweep
 from rnnc.bench import stream as streaming
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
 from rnnc.bench.sources import Source, file_source, open_source
+from rnnc.mailbox import Collector
 from rnnc.progress import SILENT
 
 
@@ -96,12 +96,13 @@ def _unniced() -> int:
     daemon's wakeup preempts a timed call. Threads started from here on (the runtimes' pools)
     inherit it. Returns what is left: 0, or the niceness the node does not let a worker leave."""
     niceness = os.getpriority(os.PRIO_PROCESS, 0)
-    if niceness > 0:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
-        except PermissionError:
-            return niceness
-    return max(0, os.getpriority(os.PRIO_PROCESS, 0))
+    if niceness <= 0:
+        return 0
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except PermissionError:
+        return niceness
+    return 0
 
 
 def _open(spec: JobSpec, payload: bytes, work: Path, threads: int | None) -> tuple[Any, Any, Path]:
