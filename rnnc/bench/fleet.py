@@ -32,7 +32,7 @@ from rnnc.bench.progress import SweepProgress
 from rnnc.bench.sources import (Source, default_out, fingerprint, one_step_steps, resolve_sources, spec_fingerprint,
                                 sweep_shapes)
 from rnnc.bench.stream import require_state
-from rnnc.errors import UserError
+from rnnc.errors import INTERRUPTED, UserError
 from rnnc.graphs import load_model, load_spec
 from rnnc.progress import SILENT, Progress
 from rnnc.records import report as schema
@@ -180,6 +180,8 @@ class Driver:
             while self.running:  # asleep until a message or a job's end, or the watch is due
                 take = take or self.collector.take.remote(WATCH_S)
                 self.ray.wait([take, *self.running], num_returns=1, timeout=WATCH_S)
+                if INTERRUPTED.is_set():  # a Ctrl-C that Ray's wait took in and did not raise
+                    raise KeyboardInterrupt
                 ready, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
                 if ready or self.ray.wait([take], timeout=0)[0]:
                     if ready:  # a job's end is no message: the waiting take need not wait on
