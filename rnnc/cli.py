@@ -249,12 +249,16 @@ def _shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--bind and --state, parsed (each problem one line, exit 2)."""
-    from rnnc.graphs.bind import parse_bind
-    from rnnc.graphs.state import parse_state
+    """--bind and --state, parsed (each problem one line, exit 2); their parsers (onnx) load only when given."""
+    bind = state = None
+    if getattr(args, "bind", None):
+        from rnnc.graphs.bind import parse_bind
 
-    bind = parse_bind(args.bind) if getattr(args, "bind", None) else None
-    state = parse_state(args.state) if getattr(args, "state", None) else None
+        bind = parse_bind(args.bind)
+    if getattr(args, "state", None):
+        from rnnc.graphs.state import parse_state
+
+        state = parse_state(args.state)
     return {"bind": bind, "state": state}
 
 

@@ -56,8 +56,15 @@ def cpu() -> dict[str, object]:
     }
 
 
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")
+
+
 def gpu() -> str | None:
-    """The CUDA device's name, or None (without initialising CUDA when torch is not loaded)."""
+    """The CUDA device's name, or None. torch (seconds to import) is asked only where a GPU driver
+    is there to find one: NVIDIA's or ROCm's device files (a fleet's driver needs the machine's
+    class, not torch)."""
+    if not any(os.path.exists(p) for p in GPU_DRIVER_FILES):
+        return None
     try:
         import torch
 

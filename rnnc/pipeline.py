@@ -12,7 +12,6 @@ from rnnc import host, targets
 from rnnc.errors import Unsupported, UserError, interrupted
 from rnnc.graphs import model_from_source
 from rnnc.graphs.model import Model
-from rnnc.graphs.onnx_export import save_onnx
 from rnnc.progress import SILENT, Progress
 from rnnc.records import outdir
 from rnnc.records.digests import check_files, digest_dir
@@ -57,6 +56,8 @@ def _compile_into(model: Model, target: str, backends: Sequence[str], out_dir: P
     if model.origin is not None and "file" in model.source:  # what `verify DIR` rebuilds from
         shutil.copyfile(model.origin, out_dir / model.source["file"])
     if model.onnx is not None:  # the exported graph, whatever the backends (none: extra["no_onnx"] says why)
+        from rnnc.graphs.onnx_export import save_onnx  # torch and onnx load here, not where a DIR is only read
+
         save_onnx(model.onnx, out_dir / "model.onnx")
     manifest = new_manifest(model, target)
 

@@ -28,14 +28,16 @@ import functools
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from rnnc import host, targets
 from rnnc.host import FALLBACK_L2, FALLBACK_L3, MiB, SYSFS, Caches, caches
-from rnnc.graphs.work import Work
 from rnnc.records.report import Row
+
+if TYPE_CHECKING:  # a row's work is counted where the model is (onnx); the roof only reads it
+    from rnnc.graphs.work import Work
 
 __all__ = ["FALLBACK_L2", "FALLBACK_L3", "SYSFS", "Caches", "Roof", "caches", "measure", "measured", "with_roof"]
 # the cache sizes are `host`'s (the kernels read them too); named here, where the roof reads them

@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -27,13 +27,15 @@ from rnnc.bench.sources import (Source, default_out, fingerprint, first_step_twi
                                 resolve_sources, sweep_shapes)
 from rnnc.errors import OutOfResources, UserError
 from rnnc.graphs.model import Model
-from rnnc.graphs.work import Work, model_work
 from rnnc.progress import SILENT, Progress
 from rnnc.records import outdir
 from rnnc.records import report as schema
 from rnnc.records.manifest import Manifest
 from rnnc.records.report import Row
 from rnnc.verify import compare, judge, tolerance
+
+if TYPE_CHECKING:
+    from rnnc.graphs.work import Work
 
 REPORT = "report.json"
 
@@ -485,7 +487,10 @@ def _not_run_row(model: str, backend: str, batch: int, seq: int, status: str, re
 
 
 def _work(model: Model, batch: int, seq: int) -> Work | None:
-    """The model's work at one shape for the rows' roofline figures (`rnnc.graphs.work`)."""
+    """The model's work at one shape for the rows' roofline figures (`rnnc.graphs.work`, which
+    loads onnx: imported here, so that a fleet's driver, which measures nothing, starts without it)."""
+    from rnnc.graphs.work import model_work
+
     return model_work(model.onnx, model.inputs, batch, seq)
 
 

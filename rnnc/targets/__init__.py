@@ -6,6 +6,7 @@ module `tvm` built at int8, its own manifest entry and bench row. `NAME:fp32` is
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 from functools import cache
@@ -16,15 +17,36 @@ from typing import Any
 from rnnc.errors import UserError
 from rnnc.targets.base import DEFAULT_PRECISION, TARGETS, Runner
 
-__all__ = ["DEFAULT_PRECISION", "TARGETS", "Runner", "backend", "build", "check_target", "load", "names",
-           "parse_backends", "precision_of", "sort_key", "split"]
+__all__ = ["DEFAULT_PRECISION", "TARGETS", "Runner", "backend", "build", "check_precision", "check_target", "declared",
+           "load", "names", "parse_backends", "precision_of", "sort_key", "split"]
 
 
 @cache
 def names() -> tuple[str, ...]:
     """Every backend module, in table order (each module's ORDER: the reference first)."""
     found = [m.name for m in pkgutil.iter_modules(__path__) if m.name != "base" and not m.name.startswith("_")]
-    return tuple(sorted(found, key=lambda n: (importlib.import_module(f"{__name__}.{n}").ORDER, n)))
+    return tuple(sorted(found, key=lambda n: (declared(n)["ORDER"], n)))
+
+
+@cache
+def declared(module: str) -> dict[str, Any]:
+    """A backend module's ORDER and PRECISIONS, read from its source, not by importing it: a module
+    imports its runtime (torch, onnx, tvm: seconds), which checking `--backends` does not need, nor
+    a fleet's driver, which measures nothing. The constants are literals (tests check they agree)."""
+    tree = ast.parse((Path(__file__).parent / f"{module}.py").read_text())
+    return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name) and t.id in ("ORDER", "PRECISIONS")}
+
+
+def check_precision(name: str) -> None:
+    """A `UserError` unless backend `name` exists and builds the precision it names."""
+    module, precision = split(name)
+    if module not in names():
+        raise UserError(f"unknown backend {name!r}: choose from {', '.join(names())} or all")
+    precisions = declared(module)["PRECISIONS"]
+    if precision not in precisions:
+        raise UserError(f"backend {module!r} has no precision {precision!r}: it runs "
+                        f"{', '.join(f'{module}:{p}' for p in precisions)}")
 
 
 def split(name: str) -> tuple[str, str]:
@@ -40,14 +62,8 @@ def precision_of(name: str) -> str:
 
 def backend(name: str) -> ModuleType:
     """The module of one backend (`tvm:int8`: the module `tvm`)."""
-    module, precision = split(name)
-    if module not in names():
-        raise UserError(f"unknown backend {name!r}: choose from {', '.join(names())} or all")
-    found = importlib.import_module(f"{__name__}.{module}")
-    if precision not in found.PRECISIONS:
-        raise UserError(f"backend {module!r} has no precision {precision!r}: it runs "
-                        f"{', '.join(f'{module}:{p}' for p in found.PRECISIONS)}")
-    return found
+    check_precision(name)
+    return importlib.import_module(f"{__name__}.{split(name)[0]}")
 
 
 def canonical(name: str) -> str:
@@ -69,7 +85,7 @@ def parse_backends(text: str | None) -> list[str]:
                         " (a precision after a colon: tvm:int8)")
     for t in chosen:
         try:
-            backend(t)
+            check_precision(t)
         except UserError as err:
             raise UserError(f"--backends: {err}") from None
     return list(dict.fromkeys(chosen))

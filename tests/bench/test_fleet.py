@@ -7,13 +7,15 @@ or measured twice, never how fast they are.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from rnnc import api, history
+from rnnc import api, history, host
 from rnnc.bench import Settings
 from rnnc.errors import UserError
 from rnnc.records import report as schema
@@ -119,3 +121,25 @@ def test_rows_of_a_class_with_no_node_left_are_failed_with_the_reason(ray_fleet,
     assert len(done) >= len(before) and len(done) + len(failed) == 8 and failed
     assert all("no node of class g is left" in r["reason"] and r["machine"] == "g" for r in failed)
     assert schema.load_report(out / "report.json")["finished"]
+
+
+def test_the_driver_plans_a_sweep_without_loading_any_runtime(write_spec, tmp_path):
+    """A fleet's driver measures nothing: torch, onnx and the backends' runtimes (seconds to
+    import, on a machine whose cores the jobs need) load only in the jobs."""
+    spec = write_spec(make_spec())
+    script = f"""
+import sys
+from pathlib import Path
+from rnnc import host, targets
+from rnnc.bench import Settings, fleet, sweep
+backends = targets.parse_backends("all")
+plans = fleet._plans(fleet.resolve_sources(Path({str(spec)!r})), "cpu", None, None, {{}}, None)
+sweep.start_report(Path({str(tmp_path / "report.json")!r}), False, "cpu", Settings(), False, None, "all", None, None,
+                   fleet=True)
+assert plans and host.machine_class().name
+print(sorted(m for m in ("torch", "onnx", "tvm", "onnxruntime", "openvino") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    gpu_driver = any(Path(p).exists() for p in host.GPU_DRIVER_FILES)  # there torch names the GPU of the class
+    assert out.stdout.strip() == ("['torch']" if gpu_driver else "[]")

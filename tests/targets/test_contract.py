@@ -32,6 +32,7 @@ def test_every_backend_declares_the_contract(name):
     module = targets.backend(name)
     assert all(hasattr(module, f) for f in CONTRACT), [f for f in CONTRACT if not hasattr(module, f)]
     assert isinstance(module.ORDER, int)
+    assert targets.declared(name) == {"ORDER": module.ORDER, "PRECISIONS": module.PRECISIONS}  # read without import
     for function, params in SIGNATURES.items():
         signature = inspect.signature(getattr(module, function))
         assert list(signature.parameters) == params, (name, function)
