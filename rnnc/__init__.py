@@ -2,7 +2,7 @@
 float64 reference, and benchmark them honestly.
 
 The pipeline, one stage per subpackage or module, each importing only the ones before it:
-leaves (`errors`, `records`, `stats`, `host`, `progress`, `mailbox`) -> spec and graph (`graphs`) ->
+leaves (`errors`, `records`, `stats`, `host`, `progress`) -> spec and graph (`graphs`) ->
 lowering (`compiler`) -> artifacts (`targets`) -> `verify` -> `pipeline` (compile, open a DIR) ->
 `bench` -> `history` (runs in a database) -> `reports` -> `api` (and this facade) -> `cli`.
 `tests/test_layering.py` holds the code to that order.

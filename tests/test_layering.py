@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "rnnc"
 # earliest first: a stage may import only stages before it (and itself)
-STAGES = ["errors", "records", "stats", "host", "progress", "mailbox", "graphs", "compiler", "targets", "verify",
+STAGES = ["errors", "records", "stats", "host", "progress", "graphs", "compiler", "targets", "verify",
           "pipeline", "bench", "history", "reports", "api", "rnnc", "cli", "__main__"]
 
 

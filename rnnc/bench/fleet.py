@@ -161,8 +161,7 @@ class Driver:
         self.mode = None if options["streamed"] is None else "stream"
         self.section = report["cluster"]
         self.names = {n.id: n.name for members in classes.values() for n in members}
-        self.task, collector = jobs.remote(ray)
-        self.collector = collector.options(resources={"node:__internal_head__": 0.001}).remote()
+        self.task = jobs.remote(ray)
         self.payloads: dict[str, Any] = {}
         self.running: dict[Any, _Job] = {}
         self.jobs = [_Job(i, plan, name) for i, (plan, name) in
@@ -176,37 +175,53 @@ class Driver:
                 if self._rows_missing(job):
                     job.compiled = self._kept_build(job) if self.resume else None
                     self._submit(job)
-            watched, take = time.monotonic(), None
-            while self.running:  # asleep until a message or a job's end, or the watch is due
-                take = take or self.collector.take.remote(WATCH_S)
-                self.ray.wait([take, *self.running], num_returns=1, timeout=WATCH_S)
+            watched = time.monotonic()
+            while self.running:  # asleep until a job has a message or has ended, or the watch is due
+                self.ray.wait(list(self.running), num_returns=1, timeout=WATCH_S)
                 if INTERRUPTED.is_set():  # a Ctrl-C that Ray's wait took in and did not raise
                     raise KeyboardInterrupt
-                ready, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
-                if ready or self.ray.wait([take], timeout=0)[0]:
-                    if ready:  # a job's end is no message: the waiting take need not wait on
-                        self.collector.wake.remote()
-                    self._file(self.ray.get(take))
-                    take = None
-                if ready:  # every message a job put before it ended, filed before its end
-                    self._file(self.ray.get(self.collector.take.remote(0.0)))
-                for ref in ready:
-                    self._ended(self.running.pop(ref), ref)
+                for ready in self._ready():
+                    self._take(ready)
                 if time.monotonic() - watched > WATCH_S:
                     self._abandon_orphans()
                     watched = time.monotonic()
-        except BaseException:  # Ctrl-C (or a bug): stop the jobs, keep every row that came back
-            for ref in self.running:
-                self.ray.cancel(ref, force=True)
+        except BaseException:  # Ctrl-C (or a bug): keep every row that came back, stop the jobs
             try:
-                self._file(self.ray.get(self.collector.take.remote(0.0), timeout=5))
+                for ready in self._ready():
+                    self._take(ready, timeout=5)
             finally:
+                for job in self.running:
+                    self.ray.cancel(job, force=True)
                 sweep.save(self.path, self.report)
             raise
         finally:
             self.bar.close()
         self.report["finished"] = True
         sweep.save(self.path, self.report)
+
+    def _ready(self) -> list[Any]:
+        """The running jobs that have a message waiting, or have ended."""
+        return self.ray.wait(list(self.running), num_returns=len(self.running), timeout=0)[0] if self.running else []
+
+    def _take(self, ref: Any, timeout: float | None = None) -> None:
+        """A ready job's next message, filed; or its end: done, failed, or lost with its node."""
+        job = self.running[ref]
+        try:
+            message = self.ray.get(next(ref), timeout=timeout)
+        except StopIteration:
+            del self.running[ref]
+            self._log(job, "done")
+            if self._rows_missing(job):  # cannot happen unless a node sent fewer rows than asked
+                self._fail(job, "the bench job ended without measuring this row")
+        except self.ray.exceptions.RayTaskError as err:  # the job itself raised: a rerun would too
+            del self.running[ref]
+            self._log(job, f"failed: {_reason(err)}")
+            self._fail(job, f"the bench job failed on {job.node}: {_reason(err)}")
+        except self.ray.exceptions.RayError as err:  # the node or its worker was lost
+            del self.running[ref]
+            self._lost(job, err)
+        else:
+            getattr(self, f"_on_{message['kind']}")(job, message)
 
     def _expected(self, job: _Job) -> int:
         return len(job.plan.shapes) * len(self.options["backends"])
@@ -249,14 +264,9 @@ class Driver:
                             source_name=job.plan.source.path.name, compiled=compiled, shapes=job.plan.shapes,
                             todo=self._missing(job), **self.options)
         ref = self.task.options(label_selector={f"{host.LABEL}class": job.machine},
-                                resources={cluster.SLOT: 1}).remote(spec, payload, self.collector)
+                                resources={cluster.SLOT: 1}).remote(spec, payload)
         self.running[ref] = job
         self.bar.show(f"{job.plan.name} on {job.machine}: queued (attempt {job.attempts})")
-
-    def _file(self, messages: list[dict[str, Any]]) -> None:
-        for message in messages:
-            job = self.jobs[message["job"]]
-            getattr(self, f"_on_{message['kind']}")(job, message)
 
     def _on_start(self, job: _Job, message: dict[str, Any]) -> None:
         node_id = message["node_id"]
@@ -301,20 +311,6 @@ class Driver:
         job.heard = now
         self.bar.show(f"{job.plan.name} on {job.machine} ({job.node})")
 
-    def _ended(self, job: _Job, ref: Any) -> None:
-        try:
-            self.ray.get(ref)
-        except self.ray.exceptions.RayTaskError as err:  # the job itself raised: a rerun would too
-            self._log(job, f"failed: {_reason(err)}")
-            self._fail(job, f"the bench job failed on {job.node}: {_reason(err)}")
-            return
-        except self.ray.exceptions.RayError as err:  # the node or its worker was lost
-            self._lost(job, err)
-            return
-        self._log(job, "done")
-        if self._rows_missing(job):  # cannot happen unless a node sent fewer rows than asked
-            self._fail(job, "the bench job ended without measuring this row")
-
     def _lost(self, job: _Job, err: BaseException) -> None:
         where = f"node {job.node}" if job.node else "its node"
         self._log(job, f"lost: {_reason(err)}")
@@ -336,7 +332,6 @@ class Driver:
             if job.machine not in live:
                 self.ray.cancel(ref, force=True)
                 del self.running[ref]
-                self._file(self.ray.get(self.collector.take.remote(0.0)))
                 self._log(job, "abandoned: no node of its class is left")
                 self._fail(job, f"{f'node {job.node}' if job.node else 'its node'} was lost and no node of class "
                                 f"{job.machine} is left")

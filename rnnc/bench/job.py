@@ -3,10 +3,13 @@
 The job gets the model as bytes: a source (a spec or a model file) to compile here, where the
 ISA is the class's own, or a compiled DIR (a rerun after a node was lost, or `--resume`), packed
 as a tar. It then measures the rows it was asked for with the one-machine sweep's own loop
-(`sweep.shape_rows`: every backend interleaved on the same inputs, shape by shape) and sends
-each shape's rows to the driver's `Collector` as soon as they are done, waiting until the
-collector has them, so that a node lost later has lost no finished row. The compiled DIR goes
+(`sweep.shape_rows`: every backend interleaved on the same inputs, shape by shape) and yields
+each shape's rows as soon as they are done: the job is a Ray streaming generator whose caller,
+the driver, owns what it yields, and it goes on only once the driver has taken the message
+(backpressure of one), so that a node lost later has lost no finished row. The compiled DIR goes
 back the same way, right after the compile, so that a rerun elsewhere need not compile again.
+No actor relays the messages: every Ray worker wakes a hundred times a second, and on a node
+that benches, each wakeup is a timed call preempted.
 
 The job runs as a one-machine bench would: Ray sets OMP_NUM_THREADS=1 in a worker for a task that
 takes no CPUs, and the job removes it, so that a library rnnc does not size explicitly sees the
@@ -21,7 +24,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rnnc import host
 from rnnc.bench import measure, sweep
@@ -29,7 +32,6 @@ from rnnc.bench import stream as streaming
 from rnnc.bench import threads as runtime_threads
 from rnnc.bench.progress import SweepProgress
 from rnnc.bench.sources import Source, file_source, open_source
-from rnnc.mailbox import Collector
 from rnnc.progress import SILENT
 
 
@@ -56,14 +58,14 @@ class JobSpec:
     extra_work: dict[str, float] = field(default_factory=dict)  # TEST-ONLY, as `run_bench`'s
 
 
-def run_job(spec: JobSpec, payload: bytes, collector: Any) -> int:
-    """Run one job on this node, sending its messages to `collector`; returns the rows measured.
-    Messages: `start` (the node's id and environment), `compiled` (the DIR as a tar and the
-    report's record of the model), `rows` (one shape's rows and the calibration samples taken)."""
+def run_job(spec: JobSpec, payload: bytes) -> Iterator[dict[str, Any]]:
+    """Run one job on this node, yielding its messages: `start` (the node's id and environment),
+    `compiled` (the DIR as a tar and the report's record of the model), `rows` (one shape's rows
+    and the calibration samples taken)."""
     import ray
 
-    def send(kind: str, **fields: Any) -> None:
-        ray.get(collector.put.remote(dict(fields, kind=kind, job=spec.job, attempt=spec.attempt)))
+    def message(kind: str, **fields: Any) -> dict[str, Any]:
+        return dict(fields, kind=kind, job=spec.job, attempt=spec.attempt)
 
     if os.environ.get("OMP_NUM_THREADS") == "1":  # Ray's for a task of no CPUs: not what a bench here would see
         del os.environ["OMP_NUM_THREADS"]
@@ -75,19 +77,18 @@ def run_job(spec: JobSpec, payload: bytes, collector: Any) -> int:
                                    spec.extra_work, threads, runtime_threads.in_force(threads), spec.streamed)
         if niceness:  # every other process on the node preempts this bench: the report says so
             local["environment"]["niceness"] = niceness
-        send("start", node_id=ray.get_runtime_context().get_node_id(), environment=local["environment"])
+        yield message("start", node_id=ray.get_runtime_context().get_node_id(), environment=local["environment"])
         model, manifest, model_dir = _open(spec, payload, work, threads)
         if not spec.compiled:
-            send("compiled", tar=pack(model_dir), record=sweep.model_record(model, manifest))
-        sent, rows = 0, 0
+            yield message("compiled", tar=pack(model_dir), record=sweep.model_record(model, manifest))
+        sent = 0
         bar = SweepProgress(SILENT, 0)
         for done in sweep.shape_rows(local, work, model, manifest, model_dir, spec.target, list(spec.backends),
                                      spec.todo, spec.settings, spec.check, spec.extra_work, spec.seed, bar, threads,
                                      None, spec.streamed):
             samples = local["calibration"]["samples_ms"]
-            send("rows", rows=[r.to_json() for r in done.rows], calibration=samples[sent:])
-            sent, rows = len(samples), rows + len(done.rows)
-    return rows
+            yield message("rows", rows=[r.to_json() for r in done.rows], calibration=samples[sent:])
+            sent = len(samples)
 
 
 def _unniced() -> int:
@@ -134,10 +135,10 @@ def unpack(data: bytes, directory: Path) -> None:
         tar.extractall(directory, filter="data")
 
 
-def remote(ray: Any) -> tuple[Callable[..., Any], Any]:
-    """The job as a Ray task and the collector as a Ray actor class. A job takes no CPU of Ray's
-    (its node's bench slot is what keeps two benches off the same cores), is never retried by Ray
-    (the driver reruns only the rows still missing) and runs in a fresh worker process each time,
-    as a one-machine bench does."""
-    job = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(run_job)
-    return job, ray.remote(num_cpus=0, max_restarts=0)(Collector)
+def remote(ray: Any) -> Callable[..., Any]:
+    """The job as a Ray task: a streaming generator that yields a message only once the driver
+    has taken the one before. A job takes no CPU of Ray's (its node's bench slot is what keeps two
+    benches off the same cores), is never retried by Ray (the driver reruns only the rows still
+    missing) and runs in a fresh worker process each time, as a one-machine bench does."""
+    return ray.remote(num_cpus=0, max_retries=0, max_calls=1, num_returns="streaming",
+                      _generator_backpressure_num_objects=1)(run_job)
