@@ -106,6 +106,24 @@ def test_node_prints_the_ray_start_command_with_slot_and_labels(cli):
     assert code == 2 and "--slots: must be >= 1" in err
 
 
+def test_node_says_in_one_line_why_ray_start_failed(write_spec):
+    need_ray()
+    proc = rnnc("node", "--address", "127.0.0.1:1", "--", "--no-such-flag")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and out.startswith("RAY_worker_niceness=0 ray start --address 127.0.0.1:1 "), out
+    assert err.strip().splitlines() == ["error: ray start: Error: No such option '--no-such-flag'."], err
+    assert "RAY_AUTH_MODE=token" in cluster.start_failure(AUTH_FAILURE)  # what Ray 2.60 wrote here, cut short
+
+
+AUTH_FAILURE = """\
+[2026-12-07 17:30:28,291 W 25582 25582] gcs_client.cc:210: Failed to get cluster ID from GCS server: Unauthenticated: \
+RPC error: InvalidAuthToken: Authentication token is missing or incorrect
+Traceback (most recent call last):
+  File "python/ray/includes/common.pxi", line 119, in ray._raylet.check_status
+ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing or incorrect.
+"""
+
+
 @pytest.mark.xdist_group("ray")
 def test_on_matching_no_class_lists_the_classes_the_cluster_has(cli, ray_fleet, write_spec):
     code, out, err = cli("bench", write_spec(SPEC), "--cluster", ray_fleet.address, "--on", "gpu=H100")

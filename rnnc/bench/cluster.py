@@ -203,5 +203,14 @@ def start_command(address: str | None, name: str | None, machine: host.MachineCl
             "--labels", ",".join(f"{k}={v}" for k, v in labels.items()), *extra]
 
 
+def start_failure(output: str) -> str:
+    """Why `ray start` failed, in one line, from what it wrote to stderr (a traceback, mostly)."""
+    if "InvalidAuthToken" in output:  # Ray 2.60: a head that found ~/.ray/auth_token wants it from every node
+        return ("the cluster wants Ray's auth token and this node sent none: run it with RAY_AUTH_MODE=token "
+                "and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return lines[-1] if lines else "it exited without saying why"
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]

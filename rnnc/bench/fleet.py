@@ -190,8 +190,8 @@ class Driver:
                 for ready in self._ready():
                     self._take(ready, timeout=5)
             finally:
-                for job in self.running:
-                    self.ray.cancel(job, force=True)
+                for ref in self.running:
+                    self.ray.cancel(ref, force=True)
                 sweep.save(self.path, self.report)
             raise
         finally:
