@@ -69,6 +69,8 @@ CASES = [
     (1, 6, 16, 3, 15, {"pads": [1, 1]}, True, True, "Relu"),
     (1, 5, 7, 4, 17, {"pads": [0, 3], "strides": [3], "dilations": [2]}, False, False, "Clip"),
     (1, 3, 32, 5, 9, {}, True, True, None),
+    (1, 4, 90, 3, 8, {"pads": [1, 1]}, True, False, "Relu"),  # 4-block panels, then 2 blocks, one padded
+    (2, 2, 80, 1, (3, 4), {}, True, False, None),  # 4-block panels, then 1 whole block
 ]
 
 

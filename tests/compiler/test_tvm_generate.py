@@ -199,3 +199,15 @@ def _agree(got: dict, want: dict) -> None:
             np.testing.assert_array_equal(got[name], want[name])
         else:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("units,head", [(90, "softmax"), (83, "tanh")])
+def test_a_head_wider_than_one_panel(units, head):
+    """A vocabulary of several 16-wide blocks: the head's 4-block panels and the narrower rest
+    (`gemm.column_parts`), the padded block's logits never the argmax."""
+    inp = {"type": "tokens", "vocab_size": units, "embedding_dim": 5} if head == "softmax" else \
+        {"type": "features", "features": units}
+    data = {"name": "g", "input": inp, "rnn": _rnn("lstm", None, 20),
+            "output": {"mode": "one_to_many", "steps": 6, "dense": {"units": units, "activation": head}}, "seed": 3}
+    model, _, run = _build(data)
+    _check(model, run)

@@ -158,7 +158,9 @@ def test_source_is_flat_in_T():
 
 
 @pytest.mark.parametrize("act,n,rows", [(None, 16, 4), ("Sigmoid", 5, 4), ("LeakyRelu", 21, 4), ("Tanh", 3, 4),
-                                        ("Relu", 40, 1), (None, 48, 6)])
+                                        ("Relu", 40, 1), (None, 48, 6),
+                                        # in two parts (`gemm.column_parts`): 4-block panels, then the rest
+                                        (None, 80, 6), ("Sigmoid", 100, 3), ("Relu", 145, 2), ("Tanh", 319, 5)])
 def test_dense_matches_float64(act, n, rows):
     rng = np.random.default_rng(1)
     spec = DenseSpec(11, n, act, 0.01, rows)

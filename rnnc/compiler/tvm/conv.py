@@ -22,8 +22,8 @@ import numpy as np
 
 from rnnc.compiler.tvm.dense import DenseSpec, pack_dense
 from rnnc.compiler.tvm.emit import Emitter, Param, f32, prim_func
-from rnnc.compiler.tvm.gemm import gemm
-from rnnc.compiler.tvm.spec import DEFAULT_TILES, LANES, panel
+from rnnc.compiler.tvm.gemm import column_parts, gemm
+from rnnc.compiler.tvm.spec import DEFAULT_TILES, LANES
 
 ACTIVATIONS = ("Relu", "LeakyRelu", "Clip")
 
@@ -63,8 +63,9 @@ class ConvSpec:
     def np_(self) -> int:
         return -(-self.cout // LANES) * LANES
 
-    def panel(self) -> int:
-        return panel(self.np_ // LANES)
+    def parts(self) -> list[tuple[int, int, int]]:
+        """The GEMM's column parts (`gemm.column_parts`), as the dense head's."""
+        return column_parts(self.np_ // LANES, self.cout // LANES)
 
     @property
     def x_shape(self) -> tuple:
@@ -128,22 +129,25 @@ def conv_source(spec: ConvSpec, name: str = "main") -> str:
     params = [Param("X", (f"n * {s.p}", s.k)), Param("W", (s.np_ // LANES, s.k, LANES)), Param("Bias", (s.np_,)),
               Param("Y", ("n", s.cout, s.p), output=True)]
 
-    def store(e: Emitter, i: int, col: str) -> None:
+    def store(e: Emitter, i: int, col: str, whole: bool) -> None:
         row = f"(m0 + {i}) // {s.p}, {{}}, (m0 + {i}) % {s.p}"
         with e.block("for l in T.vectorized(16):"):
             e.line(f"v[0, l] = acc{i}[c, l] + Bias[{col}]")
             e.line(_activation(s))
-            if s.np_ == s.cout:
+            if whole:
                 e.line(f"Y[{row.format(col)}] = v[1, l]")
-        if s.np_ != s.cout:  # padded columns are not written (as in `dense`)
+        if not whole:  # padded columns are not written (as in `dense`)
             with e.block("for l in T.serial(16):"), e.block(f"if {col} < {s.cout}:"):
                 e.line(f"Y[{row.format(f'T.min({col}, {s.cout - 1})')}] = v[1, l]")
 
     e = Emitter()
     with prim_func(e, name, params, ("n",)):
         e.line(f"rows: T.let[T.int64] = n * {s.p}")
-        gemm(e, tile=s.rows, panel=s.panel(), panels=s.np_ // LANES // s.panel(), depth=s.k,
-             x=lambda i: f"X[m0 + {i}, k]", store=store, scratch=['v = T.alloc_buffer((4, 16), "float32")'])
+        for first, panel, panels in s.parts():
+            whole = (first + panel * panels) * LANES <= s.cout
+            gemm(e, tile=s.rows, panel=panel, panels=panels, depth=s.k, x=lambda i: f"X[m0 + {i}, k]",
+                 store=lambda e, i, col, whole=whole: store(e, i, col, whole), first=first,
+                 scratch=['v = T.alloc_buffer((4, 16), "float32")'])
     return e.text()
 
 

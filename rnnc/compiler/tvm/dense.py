@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnc.compiler.tvm.emit import Emitter, Param, f32, prim_func
-from rnnc.compiler.tvm.gemm import gemm
-from rnnc.compiler.tvm.spec import DEFAULT_TILES, LANES, panel
+from rnnc.compiler.tvm.gemm import column_parts, gemm
+from rnnc.compiler.tvm.spec import DEFAULT_TILES, LANES
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,9 @@ class DenseSpec:
     def np_(self) -> int:
         return -(-self.n // LANES) * LANES
 
-    def panel(self) -> int:
-        return panel(self.np_ // LANES)
+    def parts(self) -> list[tuple[int, int, int]]:
+        """The GEMM's column parts (`gemm.column_parts`): the padded block, if any, in the last."""
+        return column_parts(self.np_ // LANES, self.n // LANES)
 
 
 def pack_dense(spec: DenseSpec, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -52,24 +53,27 @@ def dense_primfunc(spec: DenseSpec, name: str = "main"):
 
 def dense_source(spec: DenseSpec, name: str = "main") -> str:
     """TVMScript of the head. Parameters: X [rows, K], W (packed), Bias [Np], then Y [rows, N]."""
-    k, n, nr = spec.k, spec.n, spec.panel()
+    k, n = spec.k, spec.n
     params = [Param("X", ("rows", k)), Param("W", (spec.np_ // LANES, k, LANES)), Param("Bias", (spec.np_,)),
               Param("Y", ("rows", n), output=True)]
 
-    def store(e: Emitter, i: int, col: str) -> None:
+    def store(e: Emitter, i: int, col: str, whole: bool) -> None:
         with e.block("for l in T.vectorized(16):"):
             e.line(f"v[0, l] = acc{i}[c, l] + Bias[{col}]")
             e.line(_activation(spec))
-            if spec.np_ == n:
+            if whole:
                 e.line(f"Y[m0 + {i}, {col}] = v[1, l]")
-        if spec.np_ != n:  # padded columns are not written; a scalar loop keeps the guard out of the vector code
+        if not whole:  # padded columns are not written; a scalar loop keeps the guard out of the vector code
             with e.block("for l in T.serial(16):"), e.block(f"if {col} < {n}:"):
                 e.line(f"Y[m0 + {i}, T.min({col}, {n - 1})] = v[1, l]")
 
     e = Emitter()
     with prim_func(e, name, params, ("rows",)):
-        gemm(e, tile=spec.rows, panel=nr, panels=spec.np_ // LANES // nr, depth=k, x=lambda i: f"X[m0 + {i}, k]",
-             store=store, scratch=['v = T.alloc_buffer((4, 16), "float32")'])
+        for first, panel, panels in spec.parts():
+            whole = (first + panel * panels) * LANES <= n
+            gemm(e, tile=spec.rows, panel=panel, panels=panels, depth=k, x=lambda i: f"X[m0 + {i}, k]",
+                 store=lambda e, i, col, whole=whole: store(e, i, col, whole), first=first,
+                 scratch=['v = T.alloc_buffer((4, 16), "float32")'])
     return e.text()
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from rnnc.compiler.tvm import cell
 from rnnc.compiler.tvm.emit import Emitter
-from rnnc.compiler.tvm.gemm import accumulate
+from rnnc.compiler.tvm.gemm import accumulate, column_parts
 from rnnc.compiler.tvm.genspec import GenSpec
-from rnnc.compiler.tvm.spec import LANES, panel
+from rnnc.compiler.tvm.spec import LANES
 
 __all__ = ["head", "store_out"]
 
@@ -19,7 +19,6 @@ __all__ = ["head", "store_out"]
 def head(e: Emitter, spec: GenSpec, rows: int) -> None:
     """Rows b0 .. b0+rows-1 of step s: logits from the top layer's new h, then softmax and argmax
     (or the activation), the outputs, and the next step's input."""
-    nr = panel(spec.np_ // LANES)
     top = spec.layers - 1
     if spec.softmax:
         e.line(f'mx = T.alloc_buffer(({rows}, 16), "float32")')
@@ -28,12 +27,14 @@ def head(e: Emitter, spec: GenSpec, rows: int) -> None:
             e.line("mx[i, l] = T.float32(-3.0e38)")
             e.line("ix[i, l] = T.int64(0)")
     e.line('v = T.alloc_buffer((8, 16), "float32")')
-    with e.block(f"for pn in T.serial(T.int64({spec.np_ // LANES // nr})):"):
-        accumulate(e, rows, nr, "c", spec.hidden, lambda i: f"Hs[1 - cur, {top}, b0 + {i}, k] * Wd[pn * {nr} + c, k, l]")
-        for i in range(rows):
-            with e.block(f"for c in T.unroll({nr}):"):
-                e.line(f"col: T.let[T.int64] = (pn * {nr} + c) * 16")
-                _store_logits(e, spec, i)
+    for first, nr, panels in column_parts(spec.np_ // LANES):  # the padded columns' logits are stored too
+        with e.block(f"for pn in T.serial(T.int64({panels})):"):
+            block = f"{first} + pn * {nr} + c" if first else f"pn * {nr} + c"
+            accumulate(e, rows, nr, "c", spec.hidden, lambda i: f"Hs[1 - cur, {top}, b0 + {i}, k] * Wd[{block}, k, l]")
+            for i in range(rows):
+                with e.block(f"for c in T.unroll({nr}):"):
+                    e.line(f"col: T.let[T.int64] = ({block}) * 16")
+                    _store_logits(e, spec, i)
     if spec.softmax:
         with e.block(f"for i in T.serial({rows}):"):
             _softmax(e, spec)
