@@ -352,14 +352,12 @@ def _node(args: argparse.Namespace) -> int:
     beside = Path(sys.executable).with_name("ray")  # the ray of this environment, activated or not
     proc = subprocess.Popen([str(beside) if beside.is_file() else "ray", *command[1:]],
                             env=os.environ | cluster.NODE_ENV, stderr=subprocess.PIPE, text=True)
-    said, failing = [], False
-    for line in proc.stderr or ():  # Ray's progress as it comes; a failure kept back for the one line
-        said.append(line)
-        failing = failing or line.startswith(("Traceback", "Usage:"))  # a crash, or a flag it refused
-        if not failing and "InvalidAuthToken" not in line:  # that one is retried, a warning a second
+    said = cluster.StartOutput()
+    for line in proc.stderr or ():
+        if said.shown(line):
             sys.stderr.write(line)
     if proc.wait() != 0:
-        raise UserError(f"ray start: {cluster.start_failure(''.join(said))}")
+        raise UserError(f"ray start: {said.failure()}")
     return 0
 
 

@@ -115,6 +115,18 @@ def test_node_says_in_one_line_why_ray_start_failed(write_spec):
     assert "RAY_AUTH_MODE=token" in cluster.start_failure(AUTH_FAILURE)  # what Ray 2.60 wrote here, cut short
 
 
+def test_ray_starts_progress_is_shown_and_its_failure_kept_for_one_line():
+    said = cluster.StartOutput()
+    lines = ["Local node IP: 192.0.2.2\n", AUTH_FAILURE.splitlines()[0] + "\n", "Traceback (most recent call last):\n",
+             '  File "ray/scripts.py", line 1\n', "ConnectionError: could not reach the GCS\n"]
+    assert [said.shown(line) for line in lines] == [True, False, False, False, False]
+    assert said.failure() == "the cluster wants Ray's auth token and this node sent none: run it with " \
+                             "RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+    said = cluster.StartOutput()
+    assert [said.shown(line) for line in (lines[0], *lines[2:])] == [True, False, False, False]
+    assert said.failure() == "ConnectionError: could not reach the GCS"
+
+
 AUTH_FAILURE = """\
 [2026-12-07 17:30:28,291 W 25582 25582] gcs_client.cc:210: Failed to get cluster ID from GCS server: Unauthenticated: \
 RPC error: InvalidAuthToken: Authentication token is missing or incorrect

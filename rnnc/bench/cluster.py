@@ -203,9 +203,30 @@ def start_command(address: str | None, name: str | None, machine: host.MachineCl
             "--labels", ",".join(f"{k}={v}" for k, v in labels.items()), *extra]
 
 
+AUTH_REFUSED = "InvalidAuthToken"  # Ray 2.60's word, retried with a warning a second, when a node sends no token
+
+
+class StartOutput:
+    """`ray start`'s stderr, fed line by line: which lines a user sees as they come (Ray's progress),
+    and, if it fails, why in one line. A traceback or a usage text is kept back from the first of
+    its lines, and so is the auth token's retry warning."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.failing = False
+
+    def shown(self, line: str) -> bool:
+        self.lines.append(line)
+        self.failing = self.failing or line.startswith(("Traceback", "Usage:"))  # a crash, or a flag it refused
+        return not self.failing and AUTH_REFUSED not in line
+
+    def failure(self) -> str:
+        return start_failure("".join(self.lines))
+
+
 def start_failure(output: str) -> str:
     """Why `ray start` failed, in one line, from what it wrote to stderr (a traceback, mostly)."""
-    if "InvalidAuthToken" in output:  # Ray 2.60: a head that found ~/.ray/auth_token wants it from every node
+    if AUTH_REFUSED in output:  # Ray 2.60: a head that found ~/.ray/auth_token wants it from every node
         return ("the cluster wants Ray's auth token and this node sent none: run it with RAY_AUTH_MODE=token "
                 "and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
     lines = [line.strip() for line in output.splitlines() if line.strip()]

@@ -208,20 +208,24 @@ class Driver:
         job = self.running[ref]
         try:
             message = self.ray.get(next(ref), timeout=timeout)
-        except StopIteration:
+        except self.ray.exceptions.GetTimeoutError:  # (Ctrl-C's bounded wait) the job runs on until cancelled
+            return
+        except (StopIteration, self.ray.exceptions.RayError) as end:
             del self.running[ref]
+            self._ended(job, end)
+        else:
+            getattr(self, f"_on_{message['kind']}")(job, message)
+
+    def _ended(self, job: _Job, end: BaseException) -> None:
+        if isinstance(end, StopIteration):
             self._log(job, "done")
             if self._rows_missing(job):  # cannot happen unless a node sent fewer rows than asked
                 self._fail(job, "the bench job ended without measuring this row")
-        except self.ray.exceptions.RayTaskError as err:  # the job itself raised: a rerun would too
-            del self.running[ref]
-            self._log(job, f"failed: {_reason(err)}")
-            self._fail(job, f"the bench job failed on {job.node}: {_reason(err)}")
-        except self.ray.exceptions.RayError as err:  # the node or its worker was lost
-            del self.running[ref]
-            self._lost(job, err)
-        else:
-            getattr(self, f"_on_{message['kind']}")(job, message)
+        elif isinstance(end, self.ray.exceptions.RayTaskError):  # the job itself raised: a rerun would too
+            self._log(job, f"failed: {_reason(end)}")
+            self._fail(job, f"the bench job failed on {job.node}: {_reason(end)}")
+        else:  # the node or its worker was lost
+            self._lost(job, end)
 
     def _expected(self, job: _Job) -> int:
         return len(job.plan.shapes) * len(self.options["backends"])
