@@ -4,7 +4,9 @@
 panels `[(lead,) panels * panel, K, 16]`. A work item is one register tile: `tile` rows x `panel`
 16-wide column blocks, row tiles fastest, so a thread's consecutive items share one panel of W,
 which stays in its L2 while X streams past: W (MiBs at H >= 512) comes from memory once, not once
-per row tile. The `rows % tile` rows left over are items of one row each.
+per row tile. The `rows % tile` rows left over are one item, a tile of that many rows: as single-row
+items (4 FMAs per 5 loads in a 4-block panel), a 16-row dense head (K 256, N 10,000) took 0.42 ms,
+as one 4-row tile 0.37 ms (2-core Sapphire Rapids VM, two threads).
 
 One accumulator buffer per row, "global" scope and under 1 KiB: TVM 0.27's LowerTVMBuiltin keeps
 only those on the stack (where LLVM promotes them to registers) and turns "local" ones into a
@@ -50,7 +52,7 @@ def gemm(e: Emitter, *, tile: int, panel: int, panels: int, depth: int, x: Calla
     tile's accumulation into acc{i} in place of the float one (VNNI's, `quant.accumulate_vnni`)."""
     if not first:  # the part at block 0 counts the row tiles; the later parts of the GEMM reuse them
         e.line(f"nmt: T.let[T.int64] = rows // {tile}")
-        e.line(f"nm: T.let[T.int64] = nmt + rows % {tile}")
+        e.line(f"nm: T.let[T.int64] = (rows + {tile - 1}) // {tile}")
     items = f"nm * {panels}" if lead is None else f"{lead} * nm * {panels}"
     with e.block(f"for w in T.parallel({items}):"):
         if lead is None:
@@ -65,8 +67,9 @@ def gemm(e: Emitter, *, tile: int, panel: int, panels: int, depth: int, x: Calla
         w = f"W[{'' if lead is None else 'd, '}{block}, k, l]"
         with e.block("if mi < nmt:"):
             _tile(e, tile, f"mi * {tile}", panel, depth, x, widen(w), store, product, block)
-        with e.block("else:"):
-            _tile(e, 1, f"nmt * {tile} + (mi - nmt)", panel, depth, x, widen(w), store, product, block)
+        for rest in range(1, tile):  # the last item: the rows % tile rows left, one variant per count
+            with e.block(f"elif rows % {tile} == {rest}:" if rest < tile - 1 else "else:"):
+                _tile(e, rest, f"nmt * {tile}", panel, depth, x, widen(w), store, product, block)
 
 
 def _tile(e: Emitter, rows: int, m0: str, panel: int, depth: int, x: Callable[[int], str], w: str,
