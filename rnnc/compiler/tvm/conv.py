@@ -22,7 +22,7 @@ import numpy as np
 
 from rnnc.compiler.tvm.dense import DenseSpec, pack_dense
 from rnnc.compiler.tvm.emit import Emitter, Param, f32, prim_func
-from rnnc.compiler.tvm.gemm import column_parts, gemm
+from rnnc.compiler.tvm.gemm import gemm_columns
 from rnnc.compiler.tvm.spec import DEFAULT_TILES, LANES
 
 ACTIVATIONS = ("Relu", "LeakyRelu", "Clip")
@@ -63,9 +63,6 @@ class ConvSpec:
     def np_(self) -> int:
         return -(-self.cout // LANES) * LANES
 
-    def parts(self) -> list[tuple[int, int, int]]:
-        """The GEMM's column parts (`gemm.column_parts`), as the dense head's."""
-        return column_parts(self.np_ // LANES, self.cout // LANES)
 
     @property
     def x_shape(self) -> tuple:
@@ -143,11 +140,8 @@ def conv_source(spec: ConvSpec, name: str = "main") -> str:
     e = Emitter()
     with prim_func(e, name, params, ("n",)):
         e.line(f"rows: T.let[T.int64] = n * {s.p}")
-        for first, panel, panels in s.parts():
-            whole = (first + panel * panels) * LANES <= s.cout
-            gemm(e, tile=s.rows, panel=panel, panels=panels, depth=s.k, x=lambda i: f"X[m0 + {i}, k]",
-                 store=lambda e, i, col, whole=whole: store(e, i, col, whole), first=first,
-                 scratch=['v = T.alloc_buffer((4, 16), "float32")'])
+        gemm_columns(e, columns=s.cout, tile=s.rows, depth=s.k, x=lambda i: f"X[m0 + {i}, k]", store=store,
+                     scratch=['v = T.alloc_buffer((4, 16), "float32")'])
     return e.text()
 
 

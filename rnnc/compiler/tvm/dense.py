@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rnnc.compiler.tvm.emit import Emitter, Param, f32, prim_func
-from rnnc.compiler.tvm.gemm import column_parts, gemm
+from rnnc.compiler.tvm.gemm import gemm_columns
 from rnnc.compiler.tvm.spec import DEFAULT_TILES, LANES
 
 
@@ -29,10 +29,6 @@ class DenseSpec:
     @property
     def np_(self) -> int:
         return -(-self.n // LANES) * LANES
-
-    def parts(self) -> list[tuple[int, int, int]]:
-        """The GEMM's column parts (`gemm.column_parts`): the padded block, if any, in the last."""
-        return column_parts(self.np_ // LANES, self.n // LANES)
 
 
 def pack_dense(spec: DenseSpec, w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -69,11 +65,8 @@ def dense_source(spec: DenseSpec, name: str = "main") -> str:
 
     e = Emitter()
     with prim_func(e, name, params, ("rows",)):
-        for first, panel, panels in spec.parts():
-            whole = (first + panel * panels) * LANES <= n
-            gemm(e, tile=spec.rows, panel=panel, panels=panels, depth=k, x=lambda i: f"X[m0 + {i}, k]",
-                 store=lambda e, i, col, whole=whole: store(e, i, col, whole), first=first,
-                 scratch=['v = T.alloc_buffer((4, 16), "float32")'])
+        gemm_columns(e, columns=n, tile=spec.rows, depth=k, x=lambda i: f"X[m0 + {i}, k]", store=store,
+                     scratch=['v = T.alloc_buffer((4, 16), "float32")'])
     return e.text()
 
 

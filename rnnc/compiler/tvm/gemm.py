@@ -40,6 +40,17 @@ def column_parts(blocks: int, whole: int | None = None) -> list[tuple[int, int, 
     return parts + [(main, blocks - main, 1)] if blocks > main else parts
 
 
+def gemm_columns(e: Emitter, *, columns: int, store: Callable[[Emitter, int, str, bool], None], **kw) -> None:
+    """`gemm` over `columns` output columns (W packed to whole 16-wide blocks), one part of
+    `column_parts` after the other; `store(e, i, col, whole)` is told whether every column of the
+    part is a real one (a vector store) or the part holds the padded block (a guarded one)."""
+    blocks = -(-columns // 16)
+    for first, panel, panels in column_parts(blocks, columns // 16):
+        whole = (first + panel * panels) * 16 <= columns
+        gemm(e, panel=panel, panels=panels, first=first, store=lambda e, i, col, whole=whole: store(e, i, col, whole),
+             **kw)
+
+
 def gemm(e: Emitter, *, tile: int, panel: int, panels: int, depth: int, x: Callable[[int], str],
          store: Store, lead: int | None = None, scratch: Sequence[str] = (),
          widen: Callable[[str], str] = lambda w: w, product: Product | None = None, first: int = 0) -> None:
