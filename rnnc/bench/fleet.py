@@ -50,6 +50,7 @@ class Plan:
     name: str
     fingerprint: str
     shapes: tuple[tuple[int, int], ...]
+    record: dict[str, Any] | None = None  # a compiled DIR's model record: no job compiles it, none sends one
 
 
 def run_cluster(source: str | Path, target: str, backends: list[str], seq_lens: list[int] | None = None,
@@ -93,6 +94,11 @@ def run_cluster(source: str | Path, target: str, backends: list[str], seq_lens: 
             entry.update(cpu=machine.cpu, isa=machine.isa, gpu=machine.gpu)
         for plan in plans:
             _check_fingerprint(report, plan)
+            if plan.record is not None:  # a compiled DIR, shipped as it is to every class
+                where = sweep.report_relative(plan.source.path, path.parent)
+                sweep.add_model(report, plan.name, dict(plan.record, source=str(plan.source.path), dir=where))
+                for name in classes:
+                    section["classes"][name]["models"][plan.name] = {"dir": where, "backends": plan.record["backends"]}
         job = dict(target=target, backends=tuple(backends), settings=settings, check=check, seed=seed,
                    threads=threads, imports=imports, streamed=streamed, extra_work=dict(extra_work or {}))
         Driver(ray, report, path, plans, classes, job, progress, resume).run()
@@ -105,10 +111,12 @@ def _plans(sources: list[Source], target: str, seq_lens: list[int] | None, batch
     only under --stream, to check its state), a model file loaded, a compiled DIR opened."""
     plans: dict[str, Plan] = {}
     for src in sources:
+        record = None
         if src.compiled:
             manifest, model = pipeline.open_dir(src.path)
             pipeline.check_target(src.path, manifest, target)
             name, fp, defaults, fixed = model.name, fingerprint(model), src.shapes, src.fixed_seq
+            record = sweep.model_record(model, manifest)
         elif src.shapes is not None:  # a spec
             spec = load_spec(src.path)
             model = load_model(src.path) if streamed is not None else None
@@ -124,7 +132,7 @@ def _plans(sources: list[Source], target: str, seq_lens: list[int] | None, batch
         if name in plans:
             raise UserError(f"model {name!r} from {src.path} has the name of the one from {plans[name].source.path}: "
                             f"rename one of them")
-        plans[name] = Plan(src, name, fp, tuple(shapes))
+        plans[name] = Plan(src, name, fp, tuple(shapes), record)
     return list(plans.values())
 
 

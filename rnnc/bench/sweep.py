@@ -242,7 +242,7 @@ def _stream_flags(stream: bool, chunk_ms: float | None) -> str:
     return "with --stream" + (f" --chunk-ms {chunk_ms:g}" if chunk_ms is not None else "")
 
 
-def _relative(path: Path, start: Path) -> str:
+def report_relative(path: Path, start: Path) -> str:
     """Where a compiled model lies, relative to the report when it is under it."""
     try:
         return str(path.resolve().relative_to(start.resolve()))
@@ -252,7 +252,7 @@ def _relative(path: Path, start: Path) -> str:
 
 def _record_model(report: dict[str, Any], model: Model, manifest: Manifest, model_dir: Path,
                   path: Path, report_dir: Path) -> None:
-    record = dict(model_record(model, manifest), source=str(path), dir=_relative(model_dir, report_dir))
+    record = dict(model_record(model, manifest), source=str(path), dir=report_relative(model_dir, report_dir))
     add_model(report, model.name, record)
 
 

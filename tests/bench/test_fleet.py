@@ -68,6 +68,18 @@ def test_on_picks_classes_and_lists_them_when_none_matches(ray_fleet, write_spec
     assert "; b (cpu=" in message and "1 node)" in message and not (tmp_path / "none").exists()
 
 
+def test_a_compiled_dir_is_shipped_as_it_is_and_recorded_in_the_report(ray_fleet, write_spec, tmp_path):
+    built = tmp_path / "built"
+    api.compile(write_spec(make_spec()), "cpu", BACKENDS, out=built)
+    out = tmp_path / "out"
+    report = bench(built, out, ray_fleet.address, on=["class=a"], seq_lens=None, batch_sizes=None)
+    assert report["exit_code"] == 0 and len(report["rows"]) == 2  # the DIR's one shape, two backends
+    on_disk = schema.load_report(out / "report.json")  # valid: every row's model is in its models
+    assert on_disk["models"]["t"]["dir"] == str(built) and set(on_disk["models"]["t"]["backends"]) >= set(BACKENDS)
+    assert on_disk["cluster"]["classes"]["a"]["models"]["t"]["dir"] == str(built)
+    assert not (out / "a").exists()  # nothing compiled on the node, nothing shipped back
+
+
 def _kill_after_first_rows(fleet, out: Path, run) -> tuple[dict, str, list[dict]]:
     """Run `run()` in a thread; as soon as report.json holds a row, kill the node it came from.
     Returns the report, the node killed and the rows the file held when it was killed."""
