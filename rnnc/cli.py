@@ -162,7 +162,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="machine_class", metavar="NAME",
                    help="this node's machine class (default: one named after its CPU, ISA and GPU)")
     p.add_argument("--name", help="the node's name in reports (default: the host name)")
-    p.add_argument("--slots", type=int, default=1, help="bench slots (default 1: one bench at a time)")
+    p.add_argument("--slots", type=int, default=1, help="bench slots (default 1: one bench at a time; "
+                   "0 for a head that only coordinates)")
     p.add_argument("--print", dest="print_only", action="store_true",
                    help="print the ray start command instead of running it")
     p.add_argument("ray_args", nargs="*", metavar="-- RAY_START_ARGS",
@@ -341,8 +342,8 @@ def _node(args: argparse.Namespace) -> int:
     from rnnc import host
     from rnnc.bench import cluster
 
-    if args.slots < 1:
-        raise UserError(f"--slots: must be >= 1, got {args.slots}")
+    if args.slots < (0 if args.head else 1):  # a head of 0 slots coordinates and benches nothing
+        raise UserError(f"--slots: must be >= {0 if args.head else 1}, got {args.slots}")
     command = cluster.start_command(None if args.head else args.address, args.name,
                                     host.machine_class(args.machine_class), args.slots, args.ray_args)
     print(shlex.join([f"{k}={v}" for k, v in cluster.NODE_ENV.items()] + command))

@@ -58,6 +58,25 @@ def test_an_address_that_does_not_answer_is_one_line_within_seconds(cli, write_s
         cluster.probe("nohost", ray)
 
 
+def test_a_grpc_server_that_is_not_ray_is_refused_by_the_probe():
+    """As a proxy that answers every address (HTTP/2 404) is: Ray's connect would retry for 20 s."""
+    ray = need_ray()
+    import grpc
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))  # no service: every method unimplemented
+    port = server.add_insecure_port("0.0.0.0:0")  # Ray reads a loopback address as this node's IP
+    server.start()
+    try:
+        for address, what in ((f"ray://127.0.0.1:{port}", "Ray Client server"), (f"127.0.0.1:{port}", "Ray cluster")):
+            started = time.monotonic()
+            with pytest.raises(UserError, match=f"a server answers .*, but it is not a {what}"):
+                cluster.probe(address, ray, wait_s=2.0)
+            assert time.monotonic() - started < 5
+    finally:
+        server.stop(None)
+
+
 def test_a_port_that_accepts_but_is_no_ray_is_refused_after_the_probe(tmp_path):
     ray = need_ray()
     listener = socket.socket()
@@ -102,8 +121,12 @@ def test_node_prints_the_ray_start_command_with_slot_and_labels(cli):
     assert out.startswith("RAY_worker_niceness=0 ray start --address 10.0.0.1:6379 --resources "
                           "'{\"rnnc_bench_slot\": 1}' --labels ")
     assert "rnnc.class=skylake,rnnc.cpu=" in out and ",rnnc.node=w1 --num-cpus 8" in out
-    code, _, err = cli("node", "--head", "--slots", "0")
-    assert code == 2 and "--slots: must be >= 1" in err
+    code, _, err = cli("node", "--address", "10.0.0.1:6379", "--slots", "0")
+    assert code == 2 and "--slots: must be >= 1, got 0" in err
+    code, out, _ = cli("node", "--head", "--slots", "0", "--print")  # a head that only coordinates
+    assert code == 0 and "ray start --head --resources '{\"rnnc_bench_slot\": 0}'" in out
+    code, _, err = cli("node", "--head", "--slots", "-1")
+    assert code == 2 and "--slots: must be >= 0, got -1" in err
 
 
 def test_node_says_in_one_line_why_ray_start_failed(write_spec):

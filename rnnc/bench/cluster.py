@@ -8,13 +8,14 @@ both set by `rnnc node` (or the `ray start` flags it prints with `--print`).
 
 An address that does not answer is refused within seconds: Ray's own connect waits on a silent
 GCS for a minute or more, so the address is first probed for a gRPC server (what both the GCS
-and Ray Client's server are) with a short deadline.
+and Ray Client's server are) that knows one of Ray's methods, with a short deadline.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from types import ModuleType
@@ -27,6 +28,10 @@ SLOT = "rnnc_bench_slot"
 NODE_LABEL = f"{host.LABEL}node"
 INSTALL = "pip install 'rnnc[cluster]' (from a checkout: pip install -e '.[cluster]')"
 PROBE_S = 5.0  # how long an address may take to answer before it is refused
+# what the probe asks, with an empty request: a server that does not know the method is not Ray
+# (a proxy that answers any address with HTTP/2 404 would keep Ray's own connect retrying for 20 s)
+GCS_RPC = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+CLIENT_RPC = "/ray.rpc.RayletDriver/ClusterInfo"
 # `--cluster local` shares its cores with the bench it runs. Its worker runs at nice 0, as the bench
 # would outside Ray (Ray's default of 15 lets every daemon's wakeup preempt a timed call); no worker
 # is prestarted (a job takes no CPU, the driver needs none); Ray's periodic timers fire less often
@@ -110,11 +115,25 @@ def probe(address: str, ray: ModuleType, wait_s: float = PROBE_S) -> None:
     import grpc
 
     channel = grpc.insecure_channel(target)
+    client = address.startswith("ray://")
     try:
         grpc.channel_ready_future(channel).result(timeout=wait_s)
+        channel.unary_unary(CLIENT_RPC if client else GCS_RPC)(b"", timeout=wait_s)  # an empty request
     except grpc.FutureTimeoutError:
         raise UserError(f"--cluster {address}: a server answers {where_said}, but no Ray cluster within "
                         f"{wait_s:g} s") from None
+    except grpc.RpcError as err:  # any answer but these is Ray's: its connect takes it from here
+        code = err.code()
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            what = "Ray Client server" if client else "Ray cluster (its GCS)"
+            raise UserError(f"--cluster {address}: a server answers {where_said}, but it is not a {what}: "
+                            f"{err.details()}") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise UserError(f"--cluster {address}: a server answers {where_said}, but no Ray cluster within "
+                            f"{wait_s:g} s") from None
+        if code == grpc.StatusCode.UNAUTHENTICATED and os.environ.get("RAY_AUTH_MODE") != "token":
+            raise UserError(f"--cluster {address}: the cluster wants Ray's auth token: run with RAY_AUTH_MODE=token "
+                            "and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
     finally:
         channel.close()
 
