@@ -326,15 +326,21 @@ class Driver:
     def _lost(self, job: _Job, err: BaseException) -> None:
         where = f"node {job.node}" if job.node else "its node"
         self._log(job, f"lost: {_reason(err)}")
-        if not self._rows_missing(job):
+        missing = self._rows_missing(job)
+        said = f"{job.plan.name} on {job.machine}: {where} lost ({_reason(err)}), {job.rows - job.rows_before} rows kept"
+        if not missing:
+            self.bar.note(said)
             return
         live = {n.machine.name for n in cluster.live_nodes(self.ray)[0]}
         if job.machine not in live:
+            self.bar.note(f"{said}; no node of class {job.machine} is left: {missing} rows failed")
             self._fail(job, f"{where} was lost ({_reason(err)}) and no node of class {job.machine} is left")
         elif job.rows == job.rows_before and job.attempts >= MAX_IDLE_ATTEMPTS:
+            self.bar.note(f"{said}; lost {job.attempts} times without a row: {missing} rows failed")
             self._fail(job, f"the bench job was lost {job.attempts} times without finishing a row "
                             f"(last: {_reason(err)})")
         else:
+            self.bar.note(f"{said}; the {missing} missing rerun on another node of the class")
             self._submit(job)
 
     def _abandon_orphans(self) -> None:

@@ -47,6 +47,10 @@ class SweepProgress:
         stream.write("\r\033[K" + line if self.base.live else line + "\n")
         stream.flush()
 
+    def note(self, line: str) -> None:
+        """A line kept above the bar (a node lost), whenever it comes."""
+        self.base.note(line)
+
     def close(self) -> None:
         if self.base.enabled and self.base.live:
             self.base.stream.write("\n")

@@ -6,6 +6,7 @@ or measured twice, never how fast they are.
 """
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 from rnnc import api, history, host
 from rnnc.bench import Settings
 from rnnc.errors import UserError
+from rnnc.progress import Progress
 from rnnc.records import report as schema
 from rnnc.reports.tables import results_table
 from tests.bench.test_sweep import QUICK
@@ -105,9 +107,14 @@ def test_a_lost_node_loses_no_row_and_its_job_reruns_on_another_node_of_the_clas
     ray_fleet.add("f1", "f")
     ray_fleet.add("f2", "f")
     out = tmp_path / "out"
+    said = io.StringIO()
     report, killed, before = _kill_after_first_rows(ray_fleet, out, lambda: bench(
-        write_spec(make_spec()), out, ray_fleet.address, on=["class=f"], settings=SLOW, seq_lens=[2, 3, 4, 5]))
+        write_spec(make_spec()), out, ray_fleet.address, on=["class=f"], settings=SLOW, seq_lens=[2, 3, 4, 5],
+        progress=Progress(said)))
     ray_fleet.kill("f2" if killed == "f1" else "f1")
+    [line] = [x for x in said.getvalue().splitlines() if " lost (" in x]  # the user is told, once
+    assert line.startswith(f"t on f: node {killed} lost (") and line.endswith(
+        "missing rerun on another node of the class"), line
     other = "f2" if killed == "f1" else "f1"
     assert report["exit_code"] == 0 and schema.validate_report(report) == []  # each key once
     rows = {schema.row_key(r): r for r in report["rows"]}
@@ -116,6 +123,7 @@ def test_a_lost_node_loses_no_row_and_its_job_reruns_on_another_node_of_the_clas
         assert rows[schema.row_key(r)] == r and r["node"] == killed
     assert {r["node"] for r in rows.values()} == {killed, other}
     first, second = report["cluster"]["jobs"]
+    assert f"), {first['rows']} rows kept; the {8 - first['rows']} missing rerun" in line, line
     assert (first["node"], first["attempt"], second["node"], second["attempt"]) == (killed, 1, other, 2)
     assert first["outcome"].startswith("lost: ") and second["outcome"] == "done"
     assert first["rows"] + second["rows"] == 8 and second["rows"] == 8 - first["rows"]  # none measured twice
