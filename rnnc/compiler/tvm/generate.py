@@ -99,7 +99,6 @@ def _rows(e: Emitter, spec: GenSpec) -> None:
     """Row tiles as parallel work items, each running all of its steps: no barrier at all. An even
     number of items of at most `batch_tile` rows, as equal as they come (16 rows: 4 x 4, not
     6 + 6 + 4), so that two cores (or any even count) share the rows evenly."""
-    bt = spec.batch_tile
     if spec.sequence is not None and spec.serial_one:  # a streamed chunk of one row: no thread launch
         with e.block("if batch == 1:"):
             e.line("b0: T.let[T.int64] = T.int64(0)")
